@@ -1,0 +1,1 @@
+"""Data sources (synthetic videos, DAVIS / YouTube-VOS folders, static images, TFDS) and grain pipelines."""
