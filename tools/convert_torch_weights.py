@@ -1,0 +1,115 @@
+"""Convert a torchvision-layout PyTorch backbone checkpoint into a vosjax backbone.
+
+    python tools/convert_torch_weights.py --arch resnet50 --input resnet50.pth --output DIR \
+        [--in-channels N] [--stop-at s16] [--strip-prefix P|auto] [--allow-missing] [--overwrite]
+
+Reads ``.pth`` / ``.pt`` with ``torch.load(weights_only=True)`` (needs the torch extra)
+or ``.safetensors`` with NumPy (no torch), maps the keys onto
+``vosjax.models.backbones.make_backbone(arch, in_channels=N, stop_at=...)`` and writes
+
+- ``DIR/variables``: an Orbax checkpoint of ``{"params", "batch_stats"}``;
+- ``DIR/vosjax_backbone.json``: arch, in_channels, stop_at, source file and its
+  sha256, and the converted / unmatched / unused / ignored key lists.
+
+Load it with ``vosjax.models.torch_import.load_backbone_checkpoint(DIR)``. Exits 1
+with a message on bad input (unknown extension, pickled objects, missing keys).
+See ``vosjax/models/torch_import.py`` for the key and layout mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+_SHOW = 10  # names listed per category on screen; the JSON has all of them
+
+
+def _parser() -> argparse.ArgumentParser:
+    from vosjax.models import backbones
+
+    p = argparse.ArgumentParser(
+        prog="convert_torch_weights.py",
+        description="Convert a torchvision-layout PyTorch backbone into a vosjax checkpoint.",
+    )
+    p.add_argument("--arch", required=True, choices=backbones.BACKBONES)
+    p.add_argument(
+        "--input", required=True, type=pathlib.Path, help=".pth / .pt / .safetensors file"
+    )
+    p.add_argument("--output", required=True, type=pathlib.Path, help="output directory")
+    p.add_argument(
+        "--in-channels",
+        type=int,
+        default=3,
+        help="input channels of the first conv; channels beyond the source's are zero-initialised",
+    )
+    p.add_argument(
+        "--stop-at", default="s32", choices=backbones.STRIDES, help="last stage of the backbone"
+    )
+    p.add_argument(
+        "--strip-prefix",
+        default=None,
+        help="key prefix to strip, e.g. 'module.' or 'module.backbone.'; 'auto' picks the prefix "
+        "under which most backbone keys are found",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="keep backbone variables that have no source tensor at random initialisation",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="PRNG seed for variables left at initialisation"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing conversion in --output"
+    )
+    return p
+
+
+def _listing(title: str, names: list[str]) -> str:
+    if not names:
+        return f"  {title}: none"
+    more = f" ... (+{len(names) - _SHOW}, see the JSON)" if len(names) > _SHOW else ""
+    return f"  {title} ({len(names)}): {', '.join(names[:_SHOW])}{more}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from vosjax.errors import VosjaxError
+    from vosjax.models import torch_import
+
+    args = _parser().parse_args(argv)
+    try:
+        state_dict = torch_import.read_state_dict(args.input)
+        variables, report = torch_import.convert_state_dict(
+            args.arch,
+            state_dict,
+            in_channels=args.in_channels,
+            stop_at=args.stop_at,
+            strip_prefix=args.strip_prefix,
+            allow_missing=args.allow_missing,
+            seed=args.seed,
+        )
+        out = torch_import.save_backbone_checkpoint(
+            args.output, variables, report, source=args.input, overwrite=args.overwrite
+        )
+    except VosjaxError as e:
+        print(f"convert_torch_weights: error: {e}", file=sys.stderr)
+        return 1
+    print(f"converted {args.input} -> {out}")
+    print(
+        f"  arch {report.arch}, in_channels {report.in_channels}, stop_at {report.stop_at}, "
+        f"prefix {report.prefix!r}, {len(state_dict)} source tensors"
+    )
+    print(f"  converted: {len(report.converted)} tensors")
+    print(_listing("unmatched (left at initialisation)", report.unmatched))
+    print(_listing("unused source keys", report.unused))
+    print(_listing("ignored", report.ignored))
+    for note in report.zero_initialised + report.problems:
+        print(f"  note: {note}")
+    print(f"  description: {out / torch_import.METADATA_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
