@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -208,6 +209,12 @@ def test_config_and_source_errors(davis_demo, tiny_spec):
     with pytest.raises(VosjaxError, match="video 'judo' has first-appearance annotations only"):
         next(it)
     it.close()
+    default_host = make_train_pipeline({"batch_size": 8}, src)  # process index / count from JAX
+    state = default_host.get_state()
+    assert (state["process_index"], state["process_count"]) == (
+        jax.process_index(),
+        jax.process_count(),
+    )
     cfg = TrainDataConfig.from_config(
         {"sampler": "joint", "crop_size": [8, 8], "augment": {"flip_prob": 0.0}}
     )

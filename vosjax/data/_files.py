@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vosjax.data.io import fit_mask_to_frame, read_image, read_label_png, read_image_size
+from vosjax.data.io import fit_mask_to_frame, read_image, read_image_size, read_label_png
 from vosjax.errors import VosjaxError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 from jaxtyping import UInt8
+from PIL import Image, ImageStat
 
 from vosjax.data.geometry import crop_affine, warp_affine
 from vosjax.errors import VosjaxError
@@ -151,15 +152,25 @@ def apply_clip_transform(
         )
     out_f = np.empty((fr.shape[0], *tf.out_hw, 3), np.uint8)
     out_l = np.empty((fr.shape[0], *tf.out_hw), np.uint8)
+    m = tf.matrix
+    size = (int(tf.out_hw[1]), int(tf.out_hw[0]))
+    data = (m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
+    gain = tf.brightness * tf.contrast * tf.colour.astype(np.float64)  # [3, 3]
     for t in range(fr.shape[0]):
-        f = warp_affine(fr[t], tf.matrix, tf.out_hw).astype(np.float32)
-        x = f @ tf.colour.T
-        mean = float((x @ _GRAY).mean())
-        x = tf.brightness * (tf.contrast * x + (1 - tf.contrast) * mean)
+        im = Image.fromarray(np.ascontiguousarray(fr[t])).transform(
+            size, Image.AFFINE, data, resample=Image.BILINEAR
+        )
+        # The colour map is affine once the frame's mean gray is known:
+        # x' = b c M x + b (1 - c) gray . M . mean(x); Pillow applies it in C (rounded, clipped).
+        mean_gray = float(_GRAY @ tf.colour @ np.asarray(ImageStat.Stat(im).mean))
+        bias = tf.brightness * (1 - tf.contrast) * mean_gray
+        im = im.convert("RGB", tuple(np.concatenate([gain, np.full((3, 1), bias)], 1).ravel()))
+        x = np.asarray(im)
         if tf.noise_std > 0:
             if rng is None:
                 raise VosjaxError("apply_clip_transform: 'rng' is required when noise_std > 0.")
-            x = x + rng.normal(0, tf.noise_std, x.shape).astype(np.float32)
-        out_f[t] = np.clip(np.rint(x), 0, 255)
+            noisy = x.astype(np.float32) + rng.normal(0, tf.noise_std, x.shape).astype(np.float32)
+            x = np.clip(np.rint(noisy), 0, 255)
+        out_f[t] = x
         out_l[t] = warp_affine(lb[t], tf.matrix, tf.out_hw, nearest=True)
     return out_f, out_l
