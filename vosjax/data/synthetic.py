@@ -346,7 +346,7 @@ def _motion(
     m = min(H, W)
     ext = radius * math.exp(spec.scale_change) * (1 + deform * math.sqrt(2)) + 1
     lo = np.array([min(ext, W / 2), min(ext, H / 2)])
-    hi = np.array([max(W - ext, W / 2), max(H - ext, H / 2)])
+    hi = np.array([max(W - ext, W / 2), max(H - ext, H / 2)]) + 1.0  # a non-empty range
     speed = rng.uniform(*spec.speed) * m * speed_mult
     heading = rng.uniform(0, 2 * math.pi)
     vel = speed * np.array([math.cos(heading), math.sin(heading)])
