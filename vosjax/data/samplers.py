@@ -35,6 +35,7 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
+from jaxtyping import Int
 
 from vosjax.errors import VosjaxError
 
@@ -153,10 +154,10 @@ def _chain(rng: np.random.Generator, cand: np.ndarray, gaps: Sequence[int]) -> n
 def sample_frame_indices(
     name: str,
     rng: np.random.Generator,
-    candidates: np.ndarray,
+    candidates: Int[np.ndarray, " n"],
     progress: float,
     opts: SamplerOptions = SamplerOptions(),
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[Int[np.ndarray, " T"], dict[str, np.ndarray]]:
     """Draw the frames of one sample: ``(indices int32[T], extra fields)``.
 
     ``candidates`` are the sorted annotated frame indices; ``progress`` in
