@@ -562,6 +562,9 @@ def test_nested_checkpoints_are_flattened(tmp_path):
     np.testing.assert_array_equal(
         got["network.conv1.weight"], np.arange(6, dtype=np.float32).reshape(2, 3)
     )
+    torch.save({"conv1.weight": torch.zeros(4).to_sparse()}, p)
+    with pytest.raises(VosjaxError, match="'conv1.weight'.*no dense NumPy equivalent"):
+        read_state_dict(p)
 
 
 # ----------------------------------------------------------------------------- CLI and checkpoint

@@ -175,7 +175,13 @@ def _torch_to_numpy(torch: Any, t: Any) -> np.ndarray:
 
 def _flatten(torch: Any, obj: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
     if isinstance(obj, torch.Tensor):
-        out[prefix[:-1]] = _torch_to_numpy(torch, obj)
+        try:
+            out[prefix[:-1]] = _torch_to_numpy(torch, obj)
+        except (RuntimeError, TypeError) as e:  # sparse, quantized, meta tensors
+            raise VosjaxError(
+                f"read_torch: tensor {prefix[:-1]!r} ({obj.dtype}, layout {obj.layout}) has no "
+                f"dense NumPy equivalent ({e}); save dense float tensors instead."
+            ) from e
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             _flatten(torch, v, f"{prefix}{k}.", out)
