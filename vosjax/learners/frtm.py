@@ -1,0 +1,612 @@
+"""FRTM's target model, learned at inference by Gauss-Newton + CG (FRTM sec. 3.1, 3.4, 3.5).
+
+The target model is a two-layer linear conv net on stride-16 features (eq. 1)::
+
+    s = D(x; w) = w2 * (w1 * x),   w1: 1x1, C -> 96 (HWIO [1, 1, C, 96]),  w2: 3x3, 96 -> 1
+
+fitted to a memory of (features x_k, labels y_k, sample weight gamma_k) by
+minimising (eq. 2)::
+
+    L(w) = sum_k gamma_k / N * |v_k . (y_k - U(D(x_k; w)))|^2 + sum_j lambda_j |w_j|^2
+
+where U is bilinear upsampling from the feature grid (h, w) to the label grid
+(H', W') and v_k are the pixel weights of eq. 4. One deliberate departure from
+the printed eq. 2: the data term is divided by ``N = H' W'`` (a per-pixel
+mean), so that ``lambda_j`` does not depend on the label resolution the caller
+picks; this only rescales lambda. The residual vector is
+``[sqrt(gamma_k / N) v_k (U(D(x_k)) - y_k), sqrt(lambda_j) w_j]`` and the
+optimiser is :func:`vosjax.learners.gauss_newton_cg` (eq. 3).
+
+Schedule (sec. 3.5): first fit from random weights on the 5 augmented samples
+of the first frame with 5 GN steps, 5 CG iterations in the first and 10 in the
+others (:func:`initial_fit`); every ``t_s = 8`` frames an update with w1 frozen
+and 10 CG iterations on w2 (:func:`update`). The sample memory (sec. 3.4) is a
+fixed-shape pytree (:class:`SampleMemory`, :func:`memory_add`).
+
+Everything is pure and batches over objects with ``jax.vmap`` (one target
+model and one sample memory per object).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from vosjax._validate import check_dims_match, check_floating, check_rank
+from vosjax.errors import VosjaxError
+from vosjax.learners._conv import conv_same
+from vosjax.learners.optimizers import gauss_newton_cg
+
+__all__ = [
+    "CAPACITY",
+    "DEFAULT_REG",
+    "ETA",
+    "HIDDEN",
+    "KAPPA_MIN",
+    "NUM_CG_INIT",
+    "NUM_CG_UPDATE",
+    "NUM_GN_INIT",
+    "UPDATE_INTERVAL",
+    "SampleMemory",
+    "apply",
+    "augment_first_frame",
+    "bilinear_matrix",
+    "fit",
+    "init_params",
+    "initial_fit",
+    "loss",
+    "memory_add",
+    "memory_empty",
+    "memory_init",
+    "pixel_weights",
+    "residuals",
+    "update",
+    "upsample",
+]
+
+HIDDEN = 96  # channels of w1 (sec. 3.5)
+KAPPA_MIN = 0.1  # minimum target influence (eq. 4)
+CAPACITY = 80  # K_max, sample memory size (sec. 3.4)
+ETA = 0.1  # sample-weight growth rate (sec. 3.4)
+UPDATE_INTERVAL = 8  # t_s (sec. 3.4)
+NUM_GN_INIT = 5  # N_GN
+NUM_CG_INIT = (5, 10, 10, 10, 10)  # N_CGi in the first GN step, N_CG after
+NUM_CG_UPDATE = 10  # N_CGu
+DEFAULT_REG: Mapping[str, float] = {"w1": 1e-4, "w2": 1e-4}
+"""lambda_j of eq. 2 (the paper does not print them); with the per-pixel-mean
+data term of this module they are relative to a squared error of order 1."""
+
+Params = dict[str, Array]
+
+
+# -- the target model ------------------------------------------------------------------------
+
+
+def _check_params(fn: str, params: Mapping[str, Array]) -> None:
+    if not isinstance(params, Mapping) or set(params) != {"w1", "w2"}:
+        keys = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise VosjaxError(
+            f"{fn}: 'params' must be a dict with keys 'w1' and 'w2' (see init_params), got {keys}."
+        )
+    check_rank(fn, "params['w1']", params["w1"], 4, "HWIO [kh, kw, C, hidden]")
+    check_rank(fn, "params['w2']", params["w2"], 4, "HWIO [kh, kw, hidden, 1]")
+    check_floating(fn, "params['w1']", params["w1"])
+    check_floating(fn, "params['w2']", params["w2"])
+    check_dims_match(
+        fn,
+        "hidden channels of w1 (output) and w2 (input)",
+        w1_out=params["w1"].shape[3],
+        w2_in=params["w2"].shape[2],
+    )
+    if params["w2"].shape[3] != 1:
+        raise VosjaxError(
+            f"{fn}: params['w2'] must have one output channel, got shape {params['w2'].shape}."
+        )
+
+
+def init_params(
+    key: PRNGKeyArray,
+    num_channels: int,
+    hidden: int = HIDDEN,
+    kernel_size: int = 3,
+    dtype: Any = jnp.float32,
+) -> Params:
+    """Random target-model weights (sec. 3.5: "randomly initialized").
+
+    ``w1 ~ N(0, 1 / C)`` of shape [1, 1, C, hidden] and
+    ``w2 ~ N(0, 1 / (k^2 hidden))`` of shape [k, k, hidden, 1], so that unit-variance
+    features give unit-variance hidden activations and scores.
+    """
+    if num_channels < 1 or hidden < 1 or kernel_size < 1 or kernel_size % 2 == 0:
+        raise VosjaxError(
+            f"init_params: need num_channels >= 1, hidden >= 1 and an odd kernel_size, got "
+            f"{num_channels}, {hidden}, {kernel_size}."
+        )
+    k1, k2 = jax.random.split(key)
+    w1 = jax.random.normal(k1, (1, 1, num_channels, hidden), dtype) / math.sqrt(num_channels)
+    w2 = jax.random.normal(k2, (kernel_size, kernel_size, hidden, 1), dtype) / math.sqrt(
+        kernel_size**2 * hidden
+    )
+    return {"w1": w1, "w2": w2}
+
+
+def apply(params: Params, features: Float[Array, "*batch h w C"]) -> Float[Array, "*batch h w"]:
+    """Target scores ``s = w2 * (w1 * x)`` (eq. 1), on the feature grid; convs are zero-padded 'SAME'."""
+    _check_params("frtm.apply", params)
+    check_rank("frtm.apply", "features", features, (3, 4, 5), "[..., h, w, C]")
+    check_dims_match(
+        "frtm.apply",
+        "feature channels and w1 input channels",
+        features=features.shape[-1],
+        w1=params["w1"].shape[2],
+    )
+    lead = features.shape[:-3]
+    x = features.reshape((-1,) + features.shape[-3:])
+    s = conv_same(conv_same(x, params["w1"]), params["w2"])
+    return s[..., 0].reshape(lead + s.shape[1:3])
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Interpolation matrix M [n_out, n_in] of 1-D linear resampling, half-pixel centres.
+
+    Output sample o reads the input at ``c = (o + 0.5) n_in / n_out - 0.5``,
+    clamped to [0, n_in - 1], with weights ``1 - (c - floor c)`` and ``c - floor c``
+    on its two neighbours (PyTorch ``align_corners=False``; equal to
+    ``jax.image.resize(..., "linear")`` when upsampling). ``n_out == n_in`` gives
+    the identity.
+    """
+    m = np.zeros((n_out, n_in), np.float32)
+    for o in range(n_out):
+        c = min(max((o + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
+        i0 = math.floor(c)
+        i1 = min(i0 + 1, n_in - 1)
+        t = c - i0
+        m[o, i0] += 1.0 - t
+        m[o, i1] += t
+    m.setflags(write=False)
+    return m
+
+
+def upsample(scores: Float[Array, "*batch h w"], size: Sequence[int]) -> Float[Array, "*batch H W"]:
+    """U: bilinear resampling of ``scores`` to ``size = (H', W')``: ``M_H s M_W^T`` (see :func:`bilinear_matrix`)."""
+    check_rank("frtm.upsample", "scores", scores, (2, 3, 4, 5), "[..., h, w]")
+    out_h, out_w = (int(v) for v in size)
+    h, w = scores.shape[-2:]
+    if (out_h, out_w) == (h, w):
+        return scores
+    mh = jnp.asarray(bilinear_matrix(out_h, h), scores.dtype)
+    mw = jnp.asarray(bilinear_matrix(out_w, w), scores.dtype)
+    return jnp.einsum("Hh,...hw,Ww->...HW", mh, scores, mw)
+
+
+def pixel_weights(
+    labels: Float[Array, "*batch H W"], kappa_min: float = KAPPA_MIN
+) -> Float[Array, "*batch H W"]:
+    """Pixel weights v of eq. 4, per sample.
+
+    ``kappa_hat = mean(y)``, ``kappa = max(kappa_min, kappa_hat)``;
+    ``v = kappa / kappa_hat`` on target, ``(1 - kappa) / (1 - kappa_hat)`` on background.
+    Soft labels interpolate: ``v = y a + (1 - y) b``. An empty mask gets
+    ``v = 1 - kappa_min`` everywhere and a full mask ``v = 1`` (the undefined ratio is 0).
+    """
+    check_rank("frtm.pixel_weights", "labels", labels, (2, 3, 4), "[..., H, W]")
+    check_floating("frtm.pixel_weights", "labels", labels)
+    acc = jnp.promote_types(labels.dtype, jnp.float32)
+    y = labels.astype(acc)
+    kappa_hat = jnp.mean(y, axis=(-2, -1), keepdims=True)
+    kappa = jnp.maximum(kappa_min, kappa_hat)
+
+    def safe_ratio(n, d):
+        ok = d > 0
+        return jnp.where(ok, n / jnp.where(ok, d, 1.0), 0.0)
+
+    a = safe_ratio(kappa, kappa_hat)
+    b = safe_ratio(1.0 - kappa, 1.0 - kappa_hat)
+    return (y * a + (1.0 - y) * b).astype(labels.dtype)
+
+
+def _safe_sqrt(x: Array) -> Array:
+    ok = x > 0
+    return jnp.where(ok, jnp.sqrt(jnp.where(ok, x, 1.0)), 0.0)
+
+
+def _check_samples(
+    fn: str, params: Params, features: Array, labels: Array, sample_weights: Array | None
+) -> None:
+    _check_params(fn, params)
+    check_rank(fn, "features", features, 4, "[K, h, w, C]")
+    check_rank(fn, "labels", labels, 3, "[K, H', W']")
+    check_floating(fn, "features", features)
+    check_floating(fn, "labels", labels)
+    check_dims_match(
+        fn,
+        "numbers of samples in features and labels",
+        features=features.shape[0],
+        labels=labels.shape[0],
+    )
+    check_dims_match(
+        fn,
+        "feature channels and w1 input channels",
+        features=features.shape[-1],
+        w1=params["w1"].shape[2],
+    )
+    if sample_weights is not None:
+        check_rank(fn, "sample_weights", sample_weights, 1, "[K]")
+        check_dims_match(
+            fn,
+            "numbers of samples in features and sample_weights",
+            features=features.shape[0],
+            sample_weights=sample_weights.shape[0],
+        )
+
+
+def _reg_of(fn: str, reg: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    reg = DEFAULT_REG if reg is None else reg
+    if not isinstance(reg, Mapping) or set(reg) != {"w1", "w2"}:
+        raise VosjaxError(f"{fn}: 'reg' must map 'w1' and 'w2' to lambda >= 0, got {reg!r}.")
+    return reg
+
+
+def _residual_fn(features, labels, sample_weights, pix_w, reg):
+    k = features.shape[0]
+    n = labels.shape[-2] * labels.shape[-1]
+    acc = jnp.promote_types(labels.dtype, jnp.float32)
+    gamma = (
+        jnp.full((k,), 1.0 / k, acc) if sample_weights is None else jnp.asarray(sample_weights, acc)
+    )
+    scale = _safe_sqrt(gamma / n).astype(labels.dtype)[:, None, None] * pix_w
+
+    def residual(params: Params) -> dict[str, Array]:
+        pred = upsample(apply(params, features), labels.shape[-2:])
+        out = {"data": scale * (pred - labels)}
+        for j in ("w1", "w2"):
+            lam = jnp.asarray(reg[j], jnp.promote_types(params[j].dtype, jnp.float32))
+            out[j] = (_safe_sqrt(lam) * params[j]).astype(params[j].dtype)
+        return out
+
+    return residual
+
+
+def residuals(
+    params: Params,
+    features: Float[Array, "K h w C"],
+    labels: Float[Array, "K H W"],
+    sample_weights: Float[Array, " K"] | None = None,
+    *,
+    reg: Mapping[str, Any] | None = None,
+    kappa_min: float = KAPPA_MIN,
+) -> dict[str, Array]:
+    """The residuals of eq. 2: ``{"data": sqrt(gamma_k/N) v_k (U(D(x_k)) - y_k), "w1": sqrt(l1) w1, "w2": sqrt(l2) w2}``.
+
+    ``sample_weights`` default to ``1 / K`` each; empty memory slots have weight 0.
+    """
+    _check_samples("frtm.residuals", params, features, labels, sample_weights)
+    reg = _reg_of("frtm.residuals", reg)
+    return _residual_fn(features, labels, sample_weights, pixel_weights(labels, kappa_min), reg)(
+        params
+    )
+
+
+def loss(
+    params: Params,
+    features: Float[Array, "K h w C"],
+    labels: Float[Array, "K H W"],
+    sample_weights: Float[Array, " K"] | None = None,
+    *,
+    reg: Mapping[str, Any] | None = None,
+    kappa_min: float = KAPPA_MIN,
+) -> Float[Array, ""]:
+    """L_D of eq. 2 (data term as a per-pixel mean): the sum of squares of :func:`residuals`."""
+    r = residuals(params, features, labels, sample_weights, reg=reg, kappa_min=kappa_min)
+    return sum(jnp.sum(jnp.square(v.astype(jnp.float32))) for v in jax.tree_util.tree_leaves(r))
+
+
+def fit(
+    params: Params,
+    features: Float[Array, "K h w C"],
+    labels: Float[Array, "K H W"],
+    sample_weights: Float[Array, " K"] | None = None,
+    *,
+    num_gn: int,
+    num_cg: int | Sequence[int],
+    trainable: Mapping[str, bool] | None = None,
+    reg: Mapping[str, Any] | None = None,
+    kappa_min: float = KAPPA_MIN,
+    return_losses: bool = False,
+) -> Params | tuple[Params, Float[Array, " steps"]]:
+    """Minimise eq. 2 over the target-model weights with Gauss-Newton + CG (eq. 3).
+
+    Args:
+      params: starting weights ``{"w1", "w2"}`` (see :func:`init_params`).
+      features: stride-16 features x_k ``[K, h, w, C]``.
+      labels: target masks y_k in [0, 1] on the label grid ``[K, H', W']``.
+      sample_weights: gamma_k ``[K]`` (default ``1 / K``); zero for empty slots.
+      num_gn, num_cg: GN steps and CG iterations per step (int or one per step).
+      trainable: e.g. ``{"w1": False, "w2": True}`` to keep w1 fixed.
+      reg: lambda_j per weight (default :data:`DEFAULT_REG`); may be traced.
+      kappa_min: of the pixel weights (eq. 4).
+      return_losses: also return L_D (eq. 2) before each GN step and at the end.
+    """
+    fn = "frtm.fit"
+    _check_samples(fn, params, features, labels, sample_weights)
+    reg = _reg_of(fn, reg)
+    res = _residual_fn(features, labels, sample_weights, pixel_weights(labels, kappa_min), reg)
+    out = gauss_newton_cg(
+        res, params, num_gn, num_cg, trainable=trainable, return_losses=return_losses
+    )
+    if return_losses:
+        fitted, half = out
+        return fitted, 2.0 * half
+    return out
+
+
+def initial_fit(
+    params: Params,
+    features: Float[Array, "K h w C"],
+    labels: Float[Array, "K H W"],
+    *,
+    num_gn: int = NUM_GN_INIT,
+    num_cg: int | Sequence[int] = NUM_CG_INIT,
+    reg: Mapping[str, Any] | None = None,
+    kappa_min: float = KAPPA_MIN,
+    return_losses: bool = False,
+):
+    """First-frame fit (sec. 3.5): both layers, equal sample weights, 5 GN steps with 5, 10, 10, 10, 10 CG."""
+    return fit(
+        params,
+        features,
+        labels,
+        None,
+        num_gn=num_gn,
+        num_cg=num_cg,
+        reg=reg,
+        kappa_min=kappa_min,
+        return_losses=return_losses,
+    )
+
+
+def update(
+    params: Params,
+    memory: SampleMemory,
+    *,
+    num_gn: int = 1,
+    num_cg: int | Sequence[int] = NUM_CG_UPDATE,
+    reg: Mapping[str, Any] | None = None,
+    kappa_min: float = KAPPA_MIN,
+    return_losses: bool = False,
+):
+    """Periodic update (sec. 3.4-3.5): refit w2 only (w1 frozen) on the whole sample memory.
+
+    One GN step with 10 CG iterations by default: with w1 fixed the residuals
+    are affine in w2, so one GN step is the exact problem and CG its solver.
+    Empty slots carry weight 0 and do not contribute.
+    """
+    return fit(
+        params,
+        memory.features,
+        memory.labels,
+        memory.weights,
+        num_gn=num_gn,
+        num_cg=num_cg,
+        trainable={"w1": False, "w2": True},
+        reg=reg,
+        kappa_min=kappa_min,
+        return_losses=return_losses,
+    )
+
+
+# -- the weighted sample memory ---------------------------------------------------------------
+
+
+class SampleMemory(NamedTuple):
+    """Fixed-shape sample memory M = {(x_k, y_k, gamma_k)} (sec. 3.4), a pytree.
+
+    Attributes:
+      features: ``[S, h, w, C]`` stride-16 features per slot.
+      labels: ``[S, H', W']`` masks per slot.
+      weights: ``[S]`` sample weights gamma_k, summing to 1 over filled slots, 0 in empty slots.
+      count: ``int32[]`` number of filled slots (slots ``0 .. count-1``).
+      last: ``int32[]`` slot of the most recently added sample (its weight seeds the next one).
+    """
+
+    features: Array
+    labels: Array
+    weights: Array
+    count: Array
+    last: Array
+
+
+def memory_empty(
+    feature_shape: Sequence[int],
+    label_shape: Sequence[int],
+    capacity: int = CAPACITY,
+    dtype: Any = jnp.float32,
+) -> SampleMemory:
+    """An empty memory: ``capacity`` zero slots of features ``[h, w, C]`` and labels ``[H', W']``, count 0."""
+    if capacity < 1 or len(feature_shape) != 3 or len(label_shape) != 2:
+        raise VosjaxError(
+            f"frtm.memory_empty: need capacity >= 1, feature_shape (h, w, C) and label_shape (H', W'), got "
+            f"{capacity}, {tuple(feature_shape)}, {tuple(label_shape)}."
+        )
+    return SampleMemory(
+        jnp.zeros((capacity, *feature_shape), dtype),
+        jnp.zeros((capacity, *label_shape), dtype),
+        jnp.zeros((capacity,), jnp.float32),
+        jnp.asarray(0, jnp.int32),
+        jnp.asarray(0, jnp.int32),
+    )
+
+
+def memory_init(
+    features: Float[Array, "K0 h w C"], labels: Float[Array, "K0 H W"], capacity: int = CAPACITY
+) -> SampleMemory:
+    """A memory holding the first frame's K0 (augmented) samples, each of weight 1 / K0.
+
+    The K0 samples all stand for frame 0 and share gamma_0 (normalised: 1 / K0);
+    the remaining ``capacity - K0`` slots are empty (zeros, weight 0).
+    """
+    fn = "frtm.memory_init"
+    check_rank(fn, "features", features, 4, "[K0, h, w, C]")
+    check_rank(fn, "labels", labels, 3, "[K0, H', W']")
+    check_dims_match(
+        fn,
+        "numbers of samples in features and labels",
+        features=features.shape[0],
+        labels=labels.shape[0],
+    )
+    k0 = features.shape[0]
+    if not (1 <= k0 <= capacity):
+        raise VosjaxError(f"{fn}: need 1 <= K0 <= capacity, got K0={k0} and capacity={capacity}.")
+    pad = capacity - k0
+    feats = jnp.concatenate([features, jnp.zeros((pad,) + features.shape[1:], features.dtype)])
+    labs = jnp.concatenate([labels, jnp.zeros((pad,) + labels.shape[1:], labels.dtype)])
+    weights = jnp.concatenate(
+        [jnp.full((k0,), 1.0 / k0, jnp.float32), jnp.zeros((pad,), jnp.float32)]
+    )
+    return SampleMemory(
+        feats, labs, weights, jnp.asarray(k0, jnp.int32), jnp.asarray(k0 - 1, jnp.int32)
+    )
+
+
+def memory_add(
+    memory: SampleMemory,
+    features: Float[Array, "h w C"],
+    labels: Float[Array, "H W"],
+    eta: float = ETA,
+) -> SampleMemory:
+    """Insert one sample (sec. 3.4): weight growth, eviction of the lowest weight, normalisation.
+
+    The new sample gets ``gamma_i = gamma_(i-1) / (1 - eta)`` where gamma_(i-1) is
+    the (normalised) weight of the previous sample (``gamma_0 = eta`` in an
+    empty memory, which normalises to 1); if the memory is full the
+    slot with the smallest weight (first such slot on ties) is replaced,
+    otherwise the next empty slot is used; then the weights are normalised to
+    sum to 1. Pure and jit-able (fixed shapes; works under vmap).
+    """
+    fn = "frtm.memory_add"
+    check_rank(fn, "features", features, 3, "[h, w, C]")
+    check_rank(fn, "labels", labels, 2, "[H', W']")
+    if features.shape != memory.features.shape[1:] or labels.shape != memory.labels.shape[1:]:
+        raise VosjaxError(
+            f"{fn}: sample shapes {features.shape}, {labels.shape} do not match the memory slots "
+            f"{memory.features.shape[1:]}, {memory.labels.shape[1:]}."
+        )
+    if not 0.0 <= eta < 1.0:
+        raise VosjaxError(f"{fn}: 'eta' must be in [0, 1), got {eta}.")
+    capacity = memory.weights.shape[0]
+    full = memory.count >= capacity
+    slot = jnp.where(full, jnp.argmin(memory.weights), memory.count).astype(jnp.int32)
+    new_w = jnp.where(memory.count > 0, memory.weights[memory.last] / (1.0 - eta), 1.0)
+    weights = memory.weights.at[slot].set(new_w)
+    weights = weights / jnp.sum(weights)
+    return SampleMemory(
+        features=lax.dynamic_update_index_in_dim(
+            memory.features, features.astype(memory.features.dtype), slot, 0
+        ),
+        labels=lax.dynamic_update_index_in_dim(
+            memory.labels, labels.astype(memory.labels.dtype), slot, 0
+        ),
+        weights=weights,
+        count=jnp.minimum(memory.count + 1, capacity).astype(jnp.int32),
+        last=slot,
+    )
+
+
+# -- first-frame augmentation -----------------------------------------------------------------
+
+MAX_SHIFT = 0.1  # translation, fraction of height / width
+MAX_ROTATION_DEG = 15.0
+SCALE_RANGE = (0.9, 1.1)
+BLUR_SIGMA = (0.5, 2.0)  # pixels
+_BLUR_RADIUS = 6  # fixed support >= 3 sigma_max, so shapes stay static
+
+
+def _warp(image: Array, mask: Array, inv: Array, offset: Array) -> tuple[Array, Array]:
+    """Sample image and mask at ``src = inv @ dst + offset`` (bilinear, zeros outside)."""
+    h, w = mask.shape
+    ii, jj = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
+    src = jnp.einsum("ab,bhw->ahw", inv, jnp.stack([ii, jj])) + offset[:, None, None]
+    sample = functools.partial(
+        jax.scipy.ndimage.map_coordinates,
+        coordinates=[src[0], src[1]],
+        order=1,
+        mode="constant",
+        cval=0.0,
+    )
+    img = jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
+    return img.astype(image.dtype), sample(mask).astype(mask.dtype)
+
+
+def _blur(image: Array, sigma: Array) -> Array:
+    """Separable Gaussian blur with edge padding."""
+    r = _BLUR_RADIUS
+    t = jnp.arange(-r, r + 1, dtype=jnp.float32)
+    k = jnp.exp(-0.5 * jnp.square(t / sigma))
+    k = k / jnp.sum(k)
+    h, w = image.shape[:2]
+    p = jnp.pad(image.astype(jnp.float32), ((r, r), (r, r), (0, 0)), mode="edge")
+    p = sum(k[i] * p[i : i + h] for i in range(2 * r + 1))
+    p = sum(k[i] * p[:, i : i + w] for i in range(2 * r + 1))
+    return p.astype(image.dtype)
+
+
+def augment_first_frame(
+    image: Float[Array, "H W 3"], mask: Float[Array, "H W"], key: PRNGKeyArray
+) -> tuple[Float[Array, "5 H W 3"], Float[Array, "5 H W"]]:
+    """The first frame's 5 training samples (sec. 3.1, 3.5): the original plus 4 augmentations.
+
+    The paper defers its augmentation to a supplement we do not have; these are
+    vosjax's choices, plausible image-space augmentations that keep the object
+    in view:
+
+    0. the original;
+    1. horizontal flip;
+    2. translation by up to ``MAX_SHIFT`` (10 %) of the height / width;
+    3. rotation by up to +-15 degrees and scaling by 0.9-1.1 about the centre;
+    4. Gaussian blur of the image (sigma 0.5-2 px), mask unchanged.
+
+    Geometric warps resample bilinearly and fill outside the frame with 0 (the
+    mean colour of an ImageNet-normalised image; background for the mask), so
+    warped masks are soft at their edges but stay in [0, 1].
+    """
+    fn = "frtm.augment_first_frame"
+    check_rank(fn, "image", image, 3, "[H, W, 3]")
+    check_rank(fn, "mask", mask, 2, "[H, W]")
+    check_floating(fn, "image", image)
+    check_floating(fn, "mask", mask)
+    check_dims_match(fn, "image and mask heights", image=image.shape[0], mask=mask.shape[0])
+    check_dims_match(fn, "image and mask widths", image=image.shape[1], mask=mask.shape[1])
+    h, w = mask.shape
+    k_shift, k_rot, k_scale, k_blur = jax.random.split(key, 4)
+    centre = jnp.array([(h - 1) / 2.0, (w - 1) / 2.0], jnp.float32)
+
+    shift = jax.random.uniform(k_shift, (2,), minval=-MAX_SHIFT, maxval=MAX_SHIFT) * jnp.array(
+        [h, w], jnp.float32
+    )
+    img_t, mask_t = _warp(image, mask, jnp.eye(2, dtype=jnp.float32), -shift)
+
+    theta = jnp.deg2rad(
+        jax.random.uniform(k_rot, (), minval=-MAX_ROTATION_DEG, maxval=MAX_ROTATION_DEG)
+    )
+    scale = jax.random.uniform(k_scale, (), minval=SCALE_RANGE[0], maxval=SCALE_RANGE[1])
+    c, s = jnp.cos(theta), jnp.sin(theta)
+    inv = jnp.array([[c, s], [-s, c]]) / scale  # inverse of scale * rotation(theta)
+    img_r, mask_r = _warp(image, mask, inv, centre - inv @ centre)
+
+    sigma = jax.random.uniform(k_blur, (), minval=BLUR_SIGMA[0], maxval=BLUR_SIGMA[1])
+    img_b = _blur(image, sigma)
+
+    images = jnp.stack([image, image[:, ::-1], img_t, img_r, img_b])
+    masks = jnp.stack([mask, mask[:, ::-1], mask_t, mask_r, mask])
+    return images, masks
