@@ -108,9 +108,10 @@ def main(argv: list[str]) -> int:
     batches = 4 if args.quick else 8
 
     print(machine_line())
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"cpu cores: {os.cpu_count()}  |  crop {args.size}x{args.size}, batch {args.batch}, 3 "
-        "frames per clip"
+        f"cpu cores: {os.cpu_count()} (load average {load})  |  crop {args.size}x{args.size}, "
+        f"batch {args.batch}, 3 frames per clip"
     )
     print()
     print("generator (frames rendered per second, scene construction included)")

@@ -211,8 +211,9 @@ def make_sample(
         for _ in range(cfg.max_tries):
             tf = sample_clip_transform(rng, frames.shape[1:3], cfg.crop_size, cfg.augment)
             f_aug, l_aug = apply_clip_transform(tf, frames, labels, rng)
-            ids, counts = np.unique(l_aug[0], return_counts=True)
-            keep = ids[(ids != 0) & (counts >= cfg.min_object_pixels)]
+            counts = np.bincount(l_aug[0].ravel(), minlength=256)  # uint8 ids: O(pixels)
+            counts[0] = 0
+            keep = np.flatnonzero(counts >= cfg.min_object_pixels)
             best = (f_aug, l_aug, keep, idx)
             if keep.size:
                 break

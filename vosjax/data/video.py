@@ -200,7 +200,8 @@ def remap_to_slots(
     size = max([int(a.max()) if a.size else 0] + ids) + 1
     lut = np.zeros(size, np.int32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return lut[a.astype(np.int64)], tuple(ids)
+    # Integer arrays index the table directly (no widening copy of the label map).
+    return lut[a if np.issubdtype(a.dtype, np.integer) else a.astype(np.int64)], tuple(ids)
 
 
 def slots_to_labels(
