@@ -12,7 +12,11 @@ memory axis, softmax, scatter into a dense zero matrix, dense bmm with the
 values), eager on CPU in this process; ratio = vosjax / torch; floor = the
 `[M, N]` affinity matmul alone in JAX (no top-k, no values); temp = the peak
 temporary buffer size of the compiled vosjax readout (`memory_analysis`),
-next to the dense `M x N` affinity and the `M x N x Cv` product it avoids.
+next to the dense `M x N` affinity and the `M x N x Cv` product it avoids;
+diff = median over query positions of max |vosjax - torch|; ties = query
+positions where they differ by more than 1e-3: with random keys a few
+queries have a k-th and (k+1)-th affinity closer than float32 rounding
+(~1e-6), and the two formulations round differently.
 Target: ratio <= 0.3 at 20 memory frames.
 """
 
@@ -87,7 +91,7 @@ def main(argv: list[str]) -> int:
     )
     header = (
         f"{'query':>8} {'memory':>8} {'vosjax':>12} {'torch':>12} {'ratio':>6} {'floor':>12} "
-        f"{'temp':>13} {'M x N':>13} {'M x N x Cv':>13} {'max|diff|':>9}"
+        f"{'temp':>13} {'M x N':>13} {'M x N x Cv':>13} {'diff':>8} {'ties':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -107,7 +111,7 @@ def main(argv: list[str]) -> int:
             temp = readout.lower(jk, jv, jq).compile().memory_analysis().temp_size_in_bytes
             t_vos = time_fn(functools.partial(readout, jk, jv, jq), repeats=repeats)["median"]
             t_floor = time_fn(functools.partial(affinity, jk, jq), repeats=repeats)["median"]
-            t_torch, diff = float("nan"), float("nan")
+            t_torch, diff, ties = float("nan"), float("nan"), -1
             if torch is not None:
                 tk = torch.from_numpy(mk.transpose(0, 2, 1).copy())
                 tv = torch.from_numpy(mv.transpose(0, 2, 1).copy())
@@ -119,13 +123,15 @@ def main(argv: list[str]) -> int:
                         sync=lambda x: x,
                     )["median"]
                     ref = torch_readout(torch, tk, tv, tq, TOP_K).numpy().transpose(0, 2, 1)
-                diff = float(np.abs(np.asarray(readout(jk, jv, jq)) - ref).max())
+                per_query = np.abs(np.asarray(readout(jk, jv, jq)) - ref).max(-1).ravel()
+                ties = int((per_query > 1e-3).sum())
+                diff = float(np.median(per_query))
             ratio = t_vos / t_torch if torch is not None else float("nan")
             if mf == 20:
                 ratio_at_20.append(ratio)
             print(
                 f"{n:>8} {m:>8} {fmt_ms(t_vos):>12} {fmt_ms(t_torch):>12} {ratio:6.2f} {fmt_ms(t_floor):>12} "
-                f"{_mib(temp):>13} {_mib(m * n * 4):>13} {_mib(m * n * CV * 4):>13} {diff:9.1e}",
+                f"{_mib(temp):>13} {_mib(m * n * 4):>13} {_mib(m * n * CV * 4):>13} {diff:8.1e} {ties:5d}",
                 flush=True,
             )
     if torch is not None and ratio_at_20:
