@@ -1,0 +1,259 @@
+"""Every inference option of the engine in one frozen dataclass (static under ``jit``).
+
+:class:`EngineConfig` is hashable, so the engine keys its compiled step on it.
+``EngineConfig.from_config(cfg)`` maps the fields of a config section (an
+``ml_collections.ConfigDict`` such as ``config.inference`` of a
+``configs/*.py`` file, or any mapping) one to one and names an unknown field
+together with the closest valid ones.
+
+Memory policies (``memory_policy``) decide WHEN the engine writes a frame into
+the model's memory (``write``) and when a learner-based model refits its
+target model (``refit``); both are per-video boolean masks computed inside the
+jitted step from the frame counter, so one compiled step serves the whole
+video. Frames where masks are given (the first frame; objects that appear
+later) are always written and refitted. The defaults, with ``t`` the index of
+the frame in the video:
+
+================  ======================  ==========================  ========================
+policy            write (per-frame mode)  refit                       capacity (model memory)
+================  ======================  ==========================  ========================
+``every_k``       ``t % mem_every == 0``  never periodic              the model's, first frame kept
+                  (STCN: 5)
+``first_last``    every frame             never periodic              2: first + last (TrickVOS)
+``joint``         ``t % mem_every == 0``  when a template is written   20 templates, first kept
+                  (5)
+``frtm``          every frame (a sample   ``t % refit_every == 0``    80 weighted samples
+                  per frame)              (t_s = 8)
+================  ======================  ==========================  ========================
+
+In per-clip mode (``clip_length = L > 1``, PCVOS) the memory is written at the
+last frame of a clip, every ``mem_every`` frames (a multiple of ``L``, ``L``
+by default), and the ``L`` frames of a clip read the memory together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from vosjax.errors import VosjaxError
+
+__all__ = ["BOX_FILTERS", "EngineConfig", "MEMORY_POLICIES"]
+
+MEMORY_POLICIES = ("every_k", "first_last", "joint", "frtm")
+BOX_FILTERS = (None, "cv", "pt")
+
+# policy -> (default write period, default refit period (0 = never), default capacity or None)
+_POLICY_DEFAULTS: dict[str, tuple[int, int, int | None]] = {
+    "every_k": (5, 0, None),
+    "first_last": (1, 0, 2),
+    "joint": (5, 0, 20),
+    "frtm": (1, 8, 80),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Inference options of :class:`vosjax.inference.Engine` (all static under ``jit``).
+
+    Attributes:
+      max_objects: object slots ``O`` of the engine state (objects present at
+        once); a video with more objects is an error. With ``bucket_objects``
+        the drivers (``run_video``, ``evaluate_source``, the CLI) size the
+        state to the next power of two >= the video's object count instead
+        (at most ``max_objects``), so one-object videos do not pay for ten slots.
+      bucket_objects: see ``max_objects``.
+      clip_length: ``L``; 1 = per-frame inference, L > 1 = per-clip inference
+        (PCVOS): the L frames of a clip are read together.
+      segment_len: progressive memory matching segment length ``F`` (PCVOS
+        eq. 4; per-clip only); None disables it.
+      top_k: keep the top-k memory entries per query position (None = dense).
+      memory_policy: one of :data:`MEMORY_POLICIES` (module docstring).
+      mem_every: write period in frames (None = the policy's default; in
+        per-clip mode a multiple of ``clip_length``, default ``clip_length``).
+      refit_every: learner refit period in frames (None = the policy's
+        default; 0 = only on written frames for ``joint``, never for others).
+      memory_frames: memory capacity in frames (None = the policy's default,
+        else the model's own ``memory_frames``).
+      correction_every: gradient correction every K frames (cyclic VOS; 0 = off).
+      correction_iters: N, correction steps per corrected frame (paper: 10).
+      correction_rate: alpha, the step size of ``Y <- Y - alpha dL/dY``.
+      correction_smooth: lambda of the Sobel smoothness term (paper: 0.75).
+      correction_gamma: gamma of the reconstruction loss L_IoU + gamma L_CE.
+      box_filter: None, ``"cv"`` (constant velocity) or ``"pt"`` (parametric
+        tracker MLP), TrickVOS Algorithm 1.
+      box_margin: enlarge the predicted box by this fraction per side.
+      tracker: where the PT tracker's params come from: a bundle folder / params
+        file path, or None to take ``variables["tracker"]`` of the model bundle.
+      resolution: test-time size: frames are resized so that their shorter side
+        is this many pixels (None = native size); outputs are resized back.
+      return_probs: also return the aggregated probabilities of every frame
+        (large: ``f32[B, O+1, L, H, W]``).
+    """
+
+    max_objects: int = 10
+    bucket_objects: bool = True
+    clip_length: int = 1
+    segment_len: int | None = None
+    top_k: int | None = 20
+    memory_policy: str = "every_k"
+    mem_every: int | None = None
+    refit_every: int | None = None
+    memory_frames: int | None = None
+    correction_every: int = 0
+    correction_iters: int = 10
+    correction_rate: float = 1.0
+    correction_smooth: float = 0.75
+    correction_gamma: float = 1.0
+    box_filter: str | None = None
+    box_margin: float = 0.0
+    tracker: str | None = None
+    resolution: int | None = None
+    return_probs: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(field: str, want: str) -> VosjaxError:
+            return VosjaxError(
+                f"EngineConfig: field '{field}' must be {want}, got {getattr(self, field)!r}."
+            )
+
+        for name in ("max_objects", "clip_length", "correction_iters"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < (0 if name == "correction_iters" else 1):
+                raise bad(name, "a positive int" if name != "correction_iters" else "an int >= 0")
+        for name in ("segment_len", "top_k", "mem_every", "memory_frames", "resolution"):
+            v = getattr(self, name)
+            if v is not None and (not _is_int(v) or v < 1):
+                raise bad(name, "None or a positive int")
+        for name in ("refit_every", "correction_every"):
+            v = getattr(self, name)
+            if v is not None and (not _is_int(v) or v < 0):
+                raise bad(name, "an int >= 0" + (" or None" if name == "refit_every" else ""))
+        if self.correction_every is None:
+            raise bad("correction_every", "an int >= 0 (0 disables gradient correction)")
+        for name in ("correction_rate", "correction_smooth", "correction_gamma", "box_margin"):
+            v = getattr(self, name)
+            if not _is_number(v) or v < 0:
+                raise bad(name, "a number >= 0")
+        for name in ("bucket_objects", "return_probs"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False")
+        if self.memory_policy not in MEMORY_POLICIES:
+            raise bad("memory_policy", "one of " + ", ".join(repr(p) for p in MEMORY_POLICIES))
+        if self.box_filter not in BOX_FILTERS:
+            raise bad("box_filter", "None, 'cv' (constant velocity) or 'pt' (parametric tracker)")
+        if self.tracker is not None and not isinstance(self.tracker, str):
+            raise bad("tracker", "None or a path (str) to the tracker params")
+        if self.tracker is not None and self.box_filter != "pt":
+            raise VosjaxError(
+                "EngineConfig: 'tracker' is only used with box_filter='pt'; set box_filter='pt' "
+                "or drop tracker."
+            )
+        if self.clip_length == 1 and self.segment_len is not None:
+            raise VosjaxError(
+                "EngineConfig: 'segment_len' (progressive memory matching) needs per-clip "
+                "inference; set clip_length > 1 or segment_len=None."
+            )
+        if self.segment_len is not None and self.segment_len >= self.clip_length:
+            raise VosjaxError(
+                f"EngineConfig: 'segment_len' ({self.segment_len}) must be smaller than "
+                f"clip_length ({self.clip_length}) to split a clip into segments; use None to "
+                "read the whole clip at once."
+            )
+        if self.clip_length > 1 and self.mem_every is not None:
+            if self.mem_every % self.clip_length:
+                raise VosjaxError(
+                    f"EngineConfig: in per-clip mode the memory is written at clip ends, so "
+                    f"'mem_every' ({self.mem_every}) must be a multiple of clip_length "
+                    f"({self.clip_length}); use None for every clip."
+                )
+        if self.memory_policy == "first_last" and self.mem_every not in (None, 1, self.clip_length):
+            raise VosjaxError(
+                "EngineConfig: memory_policy='first_last' keeps the first and the LAST frame, "
+                "so it writes every frame (every clip); drop 'mem_every' or use 'every_k'."
+            )
+
+    # -- derived schedule -------------------------------------------------------------------
+    @property
+    def write_every(self) -> int:
+        """Frames between memory writes (resolved default)."""
+        if self.mem_every is not None:
+            return self.mem_every
+        if self.clip_length > 1:
+            return self.clip_length
+        return _POLICY_DEFAULTS[self.memory_policy][0]
+
+    @property
+    def refit_period(self) -> int:
+        """Frames between periodic learner refits; 0 = only where written (joint) or never."""
+        if self.refit_every is not None:
+            return self.refit_every
+        return _POLICY_DEFAULTS[self.memory_policy][1]
+
+    @property
+    def refit_on_write(self) -> bool:
+        """JOINT refits its few-shot learner whenever a template is added."""
+        return self.memory_policy == "joint"
+
+    @property
+    def capacity(self) -> int | None:
+        """Memory capacity in frames (None = keep the model's own)."""
+        if self.memory_frames is not None:
+            return self.memory_frames
+        return _POLICY_DEFAULTS[self.memory_policy][2]
+
+    @property
+    def per_clip(self) -> bool:
+        return self.clip_length > 1
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Any | None = None, **overrides: Any) -> "EngineConfig":
+        """Build from a ConfigDict / mapping whose keys are field names (1:1), plus ``overrides``.
+
+        An unknown key raises :class:`VosjaxError` naming it and the closest
+        valid field names; bad values raise from the field checks.
+        """
+        if config is None:
+            values: dict[str, Any] = {}
+        elif hasattr(config, "to_dict"):
+            values = dict(config.to_dict())
+        elif isinstance(config, Mapping):
+            values = dict(config)
+        else:
+            raise VosjaxError(
+                "EngineConfig.from_config: 'config' must be an ml_collections.ConfigDict or a "
+                f"mapping of field names to values, got {type(config).__name__}."
+            )
+        values.update(overrides)
+        names = cls.field_names()
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
+                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise VosjaxError(
+                    f"EngineConfig.from_config: unknown field {key!r}.{hint} Valid fields: "
+                    f"{', '.join(names)}."
+                )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "EngineConfig":
+        """A copy with some fields changed (validated like the constructor)."""
+        return self.from_config(dataclasses.asdict(self), **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
