@@ -40,7 +40,7 @@ from typing import Any
 
 from vosjax.errors import VosjaxError
 
-__all__ = ["BOX_FILTERS", "EngineConfig", "MEMORY_POLICIES"]
+__all__ = ["BOX_FILTERS", "MEMORY_POLICIES", "EngineConfig"]
 
 MEMORY_POLICIES = ("every_k", "first_last", "joint", "frtm")
 BOX_FILTERS = (None, "cv", "pt")
@@ -170,13 +170,12 @@ class EngineConfig:
                 f"clip_length ({self.clip_length}) to split a clip into segments; use None to "
                 "read the whole clip at once."
             )
-        if self.clip_length > 1 and self.mem_every is not None:
-            if self.mem_every % self.clip_length:
-                raise VosjaxError(
-                    f"EngineConfig: in per-clip mode the memory is written at clip ends, so "
-                    f"'mem_every' ({self.mem_every}) must be a multiple of clip_length "
-                    f"({self.clip_length}); use None for every clip."
-                )
+        if self.clip_length > 1 and self.mem_every is not None and self.mem_every % self.clip_length:
+            raise VosjaxError(
+                f"EngineConfig: in per-clip mode the memory is written at clip ends, so "
+                f"'mem_every' ({self.mem_every}) must be a multiple of clip_length "
+                f"({self.clip_length}); use None for every clip."
+            )
         if self.memory_policy == "first_last" and self.mem_every not in (None, 1, self.clip_length):
             raise VosjaxError(
                 "EngineConfig: memory_policy='first_last' keeps the first and the LAST frame, "
@@ -222,7 +221,9 @@ class EngineConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | Any | None = None, **overrides: Any) -> "EngineConfig":
+    def from_config(
+        cls, config: Mapping[str, Any] | Any | None = None, **overrides: Any
+    ) -> EngineConfig:
         """Build from a ConfigDict / mapping whose keys are field names (1:1), plus ``overrides``.
 
         An unknown key raises :class:`VosjaxError` naming it and the closest
@@ -251,7 +252,7 @@ class EngineConfig:
                 )
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "EngineConfig":
+    def replace(self, **changes: Any) -> EngineConfig:
         """A copy with some fields changed (validated like the constructor)."""
         return self.from_config(dataclasses.asdict(self), **changes)
 
