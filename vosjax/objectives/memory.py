@@ -1,0 +1,225 @@
+"""Training objectives of the memory networks: STCN, TrickVOS, cyclic VOS and PCVOS.
+
+All four run the model's own inference path (:func:`~vosjax.objectives.common.rollout`):
+the reference frame (frame 0) is memorised with its ground truth, the other
+frames are segmented in order, each reading a memory that holds the
+reference and the previous prediction(s). With ``p(step)`` the bootstrapping
+fraction of :func:`vosjax.losses.bootstrap_p_schedule` (1 before
+``start_warm``, linear to ``top_p`` at ``end_warm``), ``C_t`` the aggregated
+class logits and ``y_t`` the label map of frame ``t``, and ``Q`` the query
+frames:
+
+``stcn``
+    ``L = mean_{t in Q} BCE_p(C_t, y_t)`` (bootstrapped cross entropy, STCN).
+``trickvos``
+    ``L = mean_{t in Q} [w_ce BCE_p + w_ssim (1 - SSIM) + w_iou L_IoU]``
+    (TrickVOS Trick 1, eq. 1, all weights 1), SSIM / IoU on each object's
+    aggregated probability map.
+``cyclic``
+    forward ``mean_{t in Q} [L_IoU(P_t, Y_t) + gamma BCE_p(C_t, y_t)]`` plus the
+    cycle term: the LAST query frame ``t`` and its prediction form the
+    cyclic reference set, from which frame 0 is predicted back,
+    ``L_IoU(P_1^, Y_1) + gamma BCE_p(C_1^, y_1)`` (cyclic VOS eq. 2-6,
+    ``L_IoU = 1 - sum min / sum max``, gamma = 1, top 40 % bootstrapping).
+``pcvos``
+    the query frames form ``num_clips`` clips of ``N`` frames (1 + 2N frames,
+    N = 3); each clip is segmented at once (intra-clip refinement sees the
+    whole clip) and the LAST frame of each clip is memorised for the next
+    one (the memory update of per-clip inference). ``L = mean_clips
+    L_clip + mean_{t in Q} BCE_p`` with ``L_clip = mean_b sum_k (1 - Dice_k)``
+    over the clip (PCVOS eq. 5).
+
+Gradients flow through the predicted masks into the memory (no stop-gradient),
+as in STCN / STM training. The memory capacity of the model must hold the
+reference plus one frame (the models' configs do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from vosjax import losses
+from vosjax.errors import VosjaxError
+from vosjax.objectives.common import (
+    TRAIN_OPTIONS,
+    aggregate,
+    hard_iou,
+    prepare_batch,
+    rollout,
+    slice_feats,
+    take_frames,
+)
+
+__all__ = [
+    "CyclicOptions",
+    "PCVOSOptions",
+    "STCNOptions",
+    "TrickVOSOptions",
+    "cyclic_objective",
+    "pcvos_objective",
+    "stcn_objective",
+    "trickvos_objective",
+]
+
+
+
+@dataclasses.dataclass(frozen=True)
+class STCNOptions:
+    """Bootstrapped CE (STCN): ``top_p`` of the pixels after ``end_warm`` steps."""
+
+    top_p: float = 0.15
+    start_warm: int = 20_000
+    end_warm: int = 70_000
+
+
+@dataclasses.dataclass(frozen=True)
+class TrickVOSOptions(STCNOptions):
+    """Hybrid loss weights ``(ce, ssim, iou)`` on top of the bootstrapped CE."""
+
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CyclicOptions:
+    """Cyclic VOS: gamma (CE weight) and the top-40 % bootstrapping from the start."""
+
+    gamma: float = 1.0
+    top_p: float = 0.4
+    start_warm: int = 0
+    end_warm: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PCVOSOptions(STCNOptions):
+    """PCVOS per-clip training: ``num_clips`` clips after the reference, Dice weight."""
+
+    num_clips: int = 2
+    dice_weight: float = 1.0
+
+
+def _p(o: Any, step: Array) -> Array:
+    return losses.bootstrap_p_schedule(step, o.start_warm, o.end_warm, o.top_p)
+
+
+def _gt(prep, frames: list[int]):
+    """(labels [B, Tq, H, W], masks [B, O, Tq, H, W]) of the query frames in order."""
+    return take_frames(prep.labels, frames, 1), take_frames(prep.masks, frames, 2)
+
+
+def _per_frame_ce(agg: Array, labels: Array, p: Array, obj_valid: Array) -> Array:
+    n = agg.shape[2]
+    return sum(losses.bootstrapped_ce(agg[:, :, i], labels[:, i], p, obj_valid) for i in range(n)) / n
+
+
+def _check_frames(fn: str, prep, minimum: int) -> int:
+    T = prep.frames.shape[1]
+    if T < minimum:
+        raise VosjaxError(f"{fn}: needs at least {minimum} frames per sample, the batch has {T}.")
+    return T
+
+
+def stcn_objective(model, variables, batch, rng, step, *, options: STCNOptions = STCNOptions()):
+    """STCN: per-frame propagation, bootstrapped cross entropy (module docstring)."""
+    del rng
+    prep = prepare_batch(batch)
+    T = _check_frames("stcn objective", prep, 2)
+    r = rollout(model, variables, prep, [[t] for t in range(1, T)], options=TRAIN_OPTIONS)
+    labels, masks = _gt(prep, r.frames)
+    p = _p(options, step)
+    ce = _per_frame_ce(r.agg, labels, p, prep.obj_valid)
+    return ce, {"ce": ce, "top_p": p, "iou": hard_iou(r.probs, masks, prep.obj_valid)}
+
+
+def trickvos_objective(model, variables, batch, rng, step, *, options: TrickVOSOptions = TrickVOSOptions()):
+    """TrickVOS: per-frame propagation, hybrid loss CE + SSIM + IoU (module docstring)."""
+    del rng
+    prep = prepare_batch(batch)
+    T = _check_frames("trickvos objective", prep, 2)
+    r = rollout(model, variables, prep, [[t] for t in range(1, T)], options=TRAIN_OPTIONS)
+    labels, masks = _gt(prep, r.frames)
+    p = _p(options, step)
+    terms = {"ce": 0.0, "ssim": 0.0, "iou_loss": 0.0}
+    n = len(r.frames)
+    for i in range(n):
+        t = losses.hybrid_loss_terms(r.agg[:, :, i], labels[:, i], p, prep.obj_valid)
+        terms["ce"] += t["ce"] / n
+        terms["ssim"] += t["ssim"] / n
+        terms["iou_loss"] += t["iou"] / n
+    w = options.weights
+    loss = w[0] * terms["ce"] + w[1] * terms["ssim"] + w[2] * terms["iou_loss"]
+    return loss, {**terms, "top_p": p, "iou": hard_iou(r.probs, masks, prep.obj_valid)}
+
+
+def _cycle_term(agg, probs, labels, masks, p, gamma, obj_valid):
+    """``L_IoU + gamma * BCE_p`` of one frame (cyclic VOS eq. 4-5, CE bootstrapped)."""
+    iou = losses.cycle_mask_loss(probs, masks, gamma=0.0, valid=obj_valid)
+    return iou + gamma * losses.bootstrapped_ce(agg, labels, p, obj_valid), iou
+
+
+def cyclic_objective(model, variables, batch, rng, step, *, options: CyclicOptions = CyclicOptions()):
+    """Cyclic VOS: forward propagation, then frame 0 predicted back from the last frame."""
+    del rng
+    prep = prepare_batch(batch)
+    T = _check_frames("cyclic objective", prep, 2)
+    r = rollout(model, variables, prep, [[t] for t in range(1, T)], options=TRAIN_OPTIONS)
+    labels, masks = _gt(prep, r.frames)
+    p = _p(options, step)
+    forward, fwd_iou = 0.0, 0.0
+    n = len(r.frames)
+    for i in range(n):
+        term, iou = _cycle_term(r.agg[:, :, i], r.probs[:, :, i], labels[:, i], masks[:, :, i],
+                                p, options.gamma, prep.obj_valid)
+        forward += term / n
+        fwd_iou += iou / n
+    # the cyclic reference set {X_t, Y_t^} of the last query frame predicts frame 0 back
+    B, O = prep.obj_valid.shape
+    h, w = r.feats["key"].shape[2:4]
+    last = r.frames[-1]
+    memory = model.init_memory(variables, B, O, (h, w))
+    memory = model.memorize(
+        variables, memory, take_frames(prep.frames, [last], 1), r.probs[:, :, -1:], prep.obj_valid,
+        slice_feats(r.feats, [last]), jnp.ones((B,), bool), None, train=True,
+    )
+    back_logits = model.segment(variables, memory, slice_feats(r.feats, [0]), prep.obj_valid,
+                                TRAIN_OPTIONS)
+    back_agg, back_probs = aggregate(back_logits, prep.obj_valid)
+    backward, _ = _cycle_term(back_agg[:, :, 0], back_probs[:, :, 0], prep.labels[:, 0],
+                                     prep.masks[:, :, 0], p, options.gamma, prep.obj_valid)
+    loss = forward + backward
+    return loss, {
+        "forward": forward,
+        "backward": backward,
+        "iou_loss": fwd_iou,
+        "top_p": p,
+        "iou": hard_iou(r.probs, masks, prep.obj_valid),
+        "cycle_iou": hard_iou(back_probs, prep.masks[:, :, :1], prep.obj_valid),
+    }
+
+
+def pcvos_objective(model, variables, batch, rng, step, *, options: PCVOSOptions = PCVOSOptions()):
+    """PCVOS per-clip training: clip-by-clip with its own predictions as memory, Dice + CE."""
+    del rng
+    prep = prepare_batch(batch)
+    T = _check_frames("pcvos objective", prep, 1 + options.num_clips)
+    if (T - 1) % options.num_clips:
+        raise VosjaxError(
+            f"pcvos objective: {T} frames do not form a reference + {options.num_clips} clips of "
+            f"equal length; set the data's clip_length / num_frames so that T = 1 + "
+            f"{options.num_clips} * N."
+        )
+    n = (T - 1) // options.num_clips
+    groups = [list(range(1 + c * n, 1 + (c + 1) * n)) for c in range(options.num_clips)]
+    r = rollout(model, variables, prep, groups, options=TRAIN_OPTIONS)
+    labels, masks = _gt(prep, r.frames)
+    p = _p(options, step)
+    ce = _per_frame_ce(r.agg, labels, p, prep.obj_valid)
+    dice = 0.0
+    for c in range(options.num_clips):
+        sl = slice(c * n, (c + 1) * n)
+        dice += losses.dice_loss_clip(r.probs[:, :, sl], masks[:, :, sl], prep.obj_valid) / options.num_clips
+    loss = options.dice_weight * dice + ce
+    return loss, {"ce": ce, "dice": dice, "top_p": p, "iou": hard_iou(r.probs, masks, prep.obj_valid)}
