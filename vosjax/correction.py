@@ -119,8 +119,8 @@ def gradient_correction(
     mask: Float[Array, "*batch H W"],
     num_iters: int,
     rate: float | Float[Array, ""],
-    *,
     smooth_weight: float | Float[Array, ""] = 0.0,
+    *,
     clip: bool = False,
     return_losses: bool = False,
 ) -> Float[Array, "*batch H W"] | tuple[Float[Array, "*batch H W"], Float[Array, " steps"]]:
@@ -150,8 +150,11 @@ def gradient_correction(
     _check_mask(fn, mask)
     _check_loss_fn(fn, loss_fn, mask)
 
+    smooth = not (isinstance(smooth_weight, (int, float)) and smooth_weight == 0)
+
     def objective(y: Array) -> Array:
-        return loss_fn(y).astype(jnp.float32) + smooth_weight * smoothness_loss(y)
+        value = loss_fn(y).astype(jnp.float32)
+        return value + smooth_weight * smoothness_loss(y) if smooth else value
 
     def step(y, _):
         value, g = jax.value_and_grad(objective)(y)
@@ -171,8 +174,8 @@ def cycle_erf(
     shape: Sequence[int],
     num_iters: int = ERF_ITERS,
     rate: float | Float[Array, ""] = 1.0,
-    *,
     smooth_weight: float | Float[Array, ""] = 0.0,
+    *,
     dtype: Any = jnp.float32,
 ) -> Float[Array, "*batch H W"]:
     """cycle-ERF (eq. 12): ``ReLU(Y^M)`` where Y^M is gradient correction of the empty mask for M steps.

@@ -132,22 +132,34 @@ def iou(pred, gt):
 # -- the target model pieces -------------------------------------------------------------------
 
 
-def test_bilinear_matrix_matches_loop_reference_and_jax_resize():
+def test_upsample_matches_loop_reference_and_jax_resize():
     rng = np.random.default_rng(0)
     for (h, w), (big_h, big_w) in [
         ((4, 5), (8, 10)),
         ((3, 7), (48, 112)),
         ((5, 5), (5, 5)),
+        ((5, 6), (17, 6)),  # one axis only, non-integer factor
+        ((9, 8), (4, 21)),  # downsampling rows (plain bilinear, no antialiasing)
         ((30, 54), (480, 854)),
     ]:
         s = rng.normal(size=(2, h, w)).astype(np.float32)
-        up = np.asarray(frtm.upsample(jnp.asarray(s), (big_h, big_w)))
+        up = frtm.upsample(jnp.asarray(s), (big_h, big_w))
         if big_h * big_w <= 48 * 112:
-            np.testing.assert_allclose(up, np_resize_linear(s, big_h, big_w), rtol=1e-5, atol=1e-5)
-        ref = np.asarray(jax.image.resize(jnp.asarray(s), (2, big_h, big_w), "linear"))
-        np.testing.assert_allclose(
-            up, ref, rtol=1e-4, atol=1e-4
-        )  # jax computes its weights in float32
+            np.testing.assert_allclose(
+                np.asarray(up), np_resize_linear(s, big_h, big_w), rtol=1e-5, atol=1e-5
+            )
+        if big_h >= h and big_w >= w:  # jax.image.resize antialiases when downsampling
+            ref = jax.image.resize(jnp.asarray(s), (2, big_h, big_w), "linear")
+            # jax computes its interpolation weights in float32
+            np.testing.assert_allclose(np.asarray(up), np.asarray(ref), rtol=1e-4, atol=1e-4)
+        if big_h * big_w > 48 * 112:
+            continue
+        # the transpose (what every CG step applies) is M_H^T ct M_W
+        ct = rng.normal(size=(2, big_h, big_w)).astype(np.float32)
+        (back,) = jax.linear_transpose(lambda x: frtm.upsample(x, (big_h, big_w)), s)(ct)
+        mh, mw = frtm.bilinear_matrix(big_h, h), frtm.bilinear_matrix(big_w, w)
+        want = np.einsum("Hh,bHW,Ww->bhw", mh.astype(np.float64), ct, mw.astype(np.float64))
+        np.testing.assert_allclose(np.asarray(back), want, rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(frtm.bilinear_matrix(6, 6), np.eye(6))
     np.testing.assert_allclose(frtm.bilinear_matrix(37, 5).sum(1), 1.0, rtol=1e-6)
 

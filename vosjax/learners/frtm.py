@@ -176,16 +176,68 @@ def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
+@functools.lru_cache(maxsize=64)
+def _banded_rows(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """:func:`bilinear_matrix` in block-banded form, for the large (height) axis.
+
+    Output rows are grouped in ``nb`` blocks of ``b = ceil(n_out / n_in)``;
+    block ``n`` reads a window of ``k`` consecutive inputs (k = 3 for a 16x
+    upsampling). Returns the one-hot window gather ``G [nb * k, n_in]``, the
+    weights ``[nb, b, k]`` and ``b, nb``: ``M x = (weights . (G x).reshape(nb, k))``
+    summed over k, flattened and cut to ``n_out`` rows. Work and memory scale
+    with ``n_out * k`` instead of ``n_out * n_in``.
+    """
+    m = bilinear_matrix(n_out, n_in)
+    b = max(1, math.ceil(n_out / n_in))
+    nb = math.ceil(n_out / b)
+    mp = np.zeros((nb * b, n_in), np.float32)
+    mp[:n_out] = m
+    lo, hi = [], []
+    for n in range(nb):
+        cols = np.nonzero(mp[n * b : (n + 1) * b].any(axis=0))[0]
+        lo.append(int(cols.min()) if cols.size else 0)
+        hi.append(int(cols.max()) if cols.size else 0)
+    k = max(h - lo_n + 1 for lo_n, h in zip(lo, hi))
+    gather = np.zeros((nb, k, n_in), np.float32)
+    weights = np.zeros((nb, b, k), np.float32)
+    for n in range(nb):
+        start = min(lo[n], n_in - k)
+        for j in range(k):
+            gather[n, j, start + j] = 1.0
+            weights[n, :, j] = mp[n * b : (n + 1) * b, start + j]
+    gather = gather.reshape(nb * k, n_in)
+    gather.setflags(write=False)
+    weights.setflags(write=False)
+    return gather, weights, b, nb
+
+
 def upsample(scores: Float[Array, "*batch h w"], size: Sequence[int]) -> Float[Array, "*batch H W"]:
-    """U: bilinear resampling of ``scores`` to ``size = (H', W')``: ``M_H s M_W^T`` (see :func:`bilinear_matrix`)."""
+    """U: bilinear resampling of ``scores`` to ``size = (H', W')``: ``M_H s M_W^T`` (:func:`bilinear_matrix`).
+
+    The width pass is a dense matmul on the small ``[..., h, w]`` scores; the
+    height pass, which produces the large output, uses the banded form of
+    ``M_H`` (each output row mixes at most a few input rows), so U and its
+    transpose cost O(output size) rather than O(output size x h).
+    """
     check_rank("frtm.upsample", "scores", scores, (2, 3, 4, 5), "[..., h, w]")
     out_h, out_w = (int(v) for v in size)
     h, w = scores.shape[-2:]
     if (out_h, out_w) == (h, w):
         return scores
-    mh = jnp.asarray(bilinear_matrix(out_h, h), scores.dtype)
-    mw = jnp.asarray(bilinear_matrix(out_w, w), scores.dtype)
-    return jnp.einsum("Hh,...hw,Ww->...HW", mh, scores, mw)
+    t = scores
+    if out_w != w:
+        t = jnp.einsum("...hw,Ww->...hW", t, jnp.asarray(bilinear_matrix(out_w, w), scores.dtype))
+    if out_h != h:
+        gather, weights, b, nb = _banded_rows(out_h, h)
+        k = weights.shape[-1]
+        t = jnp.einsum("...hW,qh->...qW", t, jnp.asarray(gather, scores.dtype))
+        t = t.reshape(t.shape[:-2] + (nb, k, out_w))
+        wts = jnp.asarray(weights, scores.dtype)
+        # k explicit multiply-adds of [..., nb, 1, W'] by [nb, b, 1]: XLA fuses them into one
+        # loop (a broadcast-multiply-reduce form gets the weights materialised at full size)
+        t = sum(wts[:, :, j, None] * t[..., :, None, j, :] for j in range(k))  # [..., nb, b, W']
+        t = t.reshape(t.shape[:-3] + (nb * b, out_w))[..., :out_h, :]
+    return t
 
 
 def pixel_weights(
