@@ -156,7 +156,8 @@ def test_upsample_matches_loop_reference_and_jax_resize():
             continue
         # the transpose (what every CG step applies) is M_H^T ct M_W
         ct = rng.normal(size=(2, big_h, big_w)).astype(np.float32)
-        (back,) = jax.linear_transpose(lambda x: frtm.upsample(x, (big_h, big_w)), s)(ct)
+        up_fn = functools.partial(frtm.upsample, size=(big_h, big_w))
+        (back,) = jax.linear_transpose(up_fn, s)(ct)
         mh, mw = frtm.bilinear_matrix(big_h, h), frtm.bilinear_matrix(big_w, w)
         want = np.einsum("Hh,bHW,Ww->bhw", mh.astype(np.float64), ct, mw.astype(np.float64))
         np.testing.assert_allclose(np.asarray(back), want, rtol=1e-4, atol=1e-3)
