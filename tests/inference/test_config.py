@@ -23,8 +23,9 @@ def test_defaults_are_per_frame_stcn():
     [
         ("every_k", 5, 0, None, False),
         ("first_last", 1, 0, 2, False),
-        ("joint", 5, 0, 20, True),
-        ("frtm", 1, 8, 80, False),
+        ("joint", 5, 0, None, True),
+        ("frtm", 1, 8, None, False),
+        ("auto", 5, 0, None, False),
     ],
 )
 def test_policy_defaults(policy, write, refit, capacity, on_write):

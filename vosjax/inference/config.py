@@ -11,8 +11,10 @@ the model's memory (``write``) and when a learner-based model refits its
 target model (``refit``); both are per-video boolean masks computed inside the
 jitted step from the frame counter, so one compiled step serves the whole
 video. Frames where masks are given (the first frame; objects that appear
-later) are always written and refitted. The defaults, with ``t`` the index of
-the frame in the video:
+later) are always written and refitted. ``"auto"`` (the default) picks the
+policy of the model's paper from its registry name (``trickvos`` ->
+``first_last``, ``joint``, ``frtm``, any other -> ``every_k``). The
+defaults, with ``t`` the index of the frame in the video:
 
 ================  ======================  ==========================  ========================
 policy            write (per-frame mode)  refit                       capacity (model memory)
@@ -20,10 +22,11 @@ policy            write (per-frame mode)  refit                       capacity (
 ``every_k``       ``t % mem_every == 0``  never periodic              the model's, first frame kept
                   (STCN: 5)
 ``first_last``    every frame             never periodic              2: first + last (TrickVOS)
-``joint``         ``t % mem_every == 0``  when a template is written   20 templates, first kept
-                  (5)
-``frtm``          every frame (a sample   ``t % refit_every == 0``    80 weighted samples
-                  per frame)              (t_s = 8)
+``joint``         ``t % mem_every == 0``  when a template is written   the model's (JOINT: 20
+                  (5)                                                 templates, first kept)
+``frtm``          every frame (a sample   ``t % refit_every == 0``    the model's (FRTM: 80
+                  per frame)              (t_s = 8, or the model's    weighted samples)
+                                          ``update_interval``)
 ================  ======================  ==========================  ========================
 
 In per-clip mode (``clip_length = L > 1``, PCVOS) the memory is written at the
@@ -42,15 +45,16 @@ from vosjax.errors import VosjaxError
 
 __all__ = ["BOX_FILTERS", "MEMORY_POLICIES", "EngineConfig"]
 
-MEMORY_POLICIES = ("every_k", "first_last", "joint", "frtm")
+MEMORY_POLICIES = ("auto", "every_k", "first_last", "joint", "frtm")
 BOX_FILTERS = (None, "cv", "pt")
 
 # policy -> (default write period, default refit period (0 = never), default capacity or None)
 _POLICY_DEFAULTS: dict[str, tuple[int, int, int | None]] = {
+    "auto": (5, 0, None),  # until resolved against the model (policies.resolve_schedule)
     "every_k": (5, 0, None),
     "first_last": (1, 0, 2),
-    "joint": (5, 0, 20),
-    "frtm": (1, 8, 80),
+    "joint": (5, 0, None),
+    "frtm": (1, 8, None),
 }
 
 
@@ -83,7 +87,7 @@ class EngineConfig:
         per-clip mode a multiple of ``clip_length``, default ``clip_length``).
       refit_every: learner refit period in frames (None = the policy's
         default; 0 = only on written frames for ``joint``, never for others).
-      memory_frames: memory capacity in frames (None = the policy's default,
+      memory_frames: memory capacity in frames (None = 2 for ``first_last``,
         else the model's own ``memory_frames``).
       correction_every: gradient correction every K frames (cyclic VOS; 0 = off).
       correction_iters: N, correction steps per corrected frame (paper: 10).
@@ -106,7 +110,7 @@ class EngineConfig:
     clip_length: int = 1
     segment_len: int | None = None
     top_k: int | None = 20
-    memory_policy: str = "every_k"
+    memory_policy: str = "auto"
     mem_every: int | None = None
     refit_every: int | None = None
     memory_frames: int | None = None
