@@ -1,0 +1,148 @@
+"""Model sizes (and optionally per-frame step times) of every method at full size.
+
+    python tools/benchmark.py models [--detail] [--time] [--objects 2] [--repeats 5]
+
+Parameter counts: trainable parameters (``variables["params"]``; batch-norm
+running statistics excluded) of each registry entry's default full-size
+config, counted from ``jax.eval_shape(model.init, ...)`` (nothing is
+allocated or compiled), next to the figure the paper gives where it gives one.
+Methods whose module is not in the repository (or has no ``default_config``)
+are listed as skipped with the reason. ``--detail`` adds the count of each
+top-level parameter group (encoders, fusion, decoder, ...).
+
+``--time``: median time of one jitted per-frame step at the method's input
+size (batch 1, ``--objects`` objects): ``encode_key`` of the frame, ``segment``
+from a memory holding the first frame, ``memorize`` of the frame; the baseline
+of the run is the ``stcn`` step (column ``x stcn``). Runs on the default JAX
+device (compile time excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bench.common import fmt_ms, machine_line, time_fn
+from vosjax.models import REGISTRY, get_model
+from vosjax.models.base import SegmentOptions
+
+FULL_SIZE = (480, 854)
+# Parameter figures the papers state (PAPERS.md / shared/papers); None = not stated.
+PAPER_FIGURES: dict[str, tuple[float | None, str]] = {
+    "stcn": (None, "not stated in the papers here"),
+    "trickvos": (1.9e6, "TrickVOS sec. 4.3: 'our 1.9M'"),
+    "cyclic": (None, "not stated"),
+    "pcvos": (None, "not stated"),
+    "joint": (None, "not stated"),
+    "frtm": (None, "not stated"),
+}
+
+
+def model_config(name: str) -> Any:
+    """Default full-size config of registry entry ``name`` from its module."""
+    module = importlib.import_module(REGISTRY[name].split(":")[0])
+    make = getattr(module, "default_config", None)
+    if make is None:
+        raise RuntimeError(f"{module.__name__} has no default_config()")
+    if name in ("stcn", "trickvos", "cyclic"):
+        return make(name)
+    try:
+        cfg = make()
+    except TypeError:
+        cfg = make(name)
+    return cfg
+
+
+def example_inputs(cfg: Any, objects: int, frames: int = 2) -> tuple[Any, Any, Any, tuple]:
+    hw = tuple(cfg.get("input_size", FULL_SIZE)) if hasattr(cfg, "get") else FULL_SIZE
+    f = jax.ShapeDtypeStruct((1, frames) + hw + (3,), jnp.float32)
+    m = jax.ShapeDtypeStruct((1, objects, frames) + hw, jnp.float32)
+    v = jax.ShapeDtypeStruct((1, objects), jnp.bool_)
+    return f, m, v, hw
+
+
+def count(tree: Any) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def param_table(detail: bool) -> dict[str, tuple[Any, Any]]:
+    print(f"{'method':10s} {'input':>10s} {'params':>12s} {'paper':>8s}  note")
+    built: dict[str, tuple[Any, Any]] = {}
+    for name in REGISTRY:
+        try:
+            cfg = model_config(name)
+            model = get_model(cfg)
+            f, m, v, hw = example_inputs(cfg, 1)
+            shapes = jax.eval_shape(model.init, jax.random.key(0), f, m, v)
+        except ModuleNotFoundError as err:
+            print(f"{name:10s} skipped: {err.name} is not in the repository yet")
+            continue
+        except Exception as err:  # noqa: BLE001 - report and go on with the other methods
+            print(f"{name:10s} skipped: {type(err).__name__}: {err}")
+            continue
+        built[name] = (cfg, model)
+        n = count(shapes["params"])
+        paper, note = PAPER_FIGURES.get(name, (None, ""))
+        ptxt = f"{paper / 1e6:.1f}M" if paper else "-"
+        if paper:
+            note = f"{note}; ours / paper = {n / paper:.2f}"
+        print(f"{name:10s} {hw[0]:>4d}x{hw[1]:<5d} {n:>12,d} {ptxt:>8s}  {note}")
+        if detail:
+            for group, sub in shapes["params"].items():
+                print(f"{'':12s}{group:22s}{count(sub):>12,d}")
+    return built
+
+
+def time_step(cfg: Any, model: Any, objects: int, repeats: int) -> tuple[dict, tuple]:
+    """Median time of one jitted per-frame step of ``model`` at its input size."""
+    f, m, v, hw = example_inputs(cfg, objects, 1)
+    frames = jnp.zeros(f.shape, f.dtype).at[..., 0].set(1.0)
+    masks = jnp.zeros(m.shape, m.dtype).at[..., : hw[0] // 2, : hw[1] // 2].set(1.0)
+    valid = jnp.ones(v.shape, bool)
+    write = jnp.ones((1,), bool)
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), frames, masks, valid)
+    feats = jax.jit(model.encode_key)(variables, frames)
+    mem = model.init_memory(variables, 1, objects, feats["key"].shape[2:4])
+    mem = jax.jit(model.memorize)(variables, mem, frames, masks, valid, feats, write)
+
+    @jax.jit
+    def step(variables, mem, frames):
+        feats = model.encode_key(variables, frames)
+        logits = model.segment(variables, mem, feats, valid, SegmentOptions())
+        probs = jax.nn.sigmoid(logits)
+        return logits, model.memorize(variables, mem, frames, probs, valid, feats, write)
+
+    return time_fn(lambda: step(variables, mem, frames), repeats=repeats), hw
+
+
+def step_times(built: dict[str, tuple[Any, Any]], objects: int, repeats: int) -> None:
+    print(f"\nper-frame step (encode_key + segment + memorize), batch 1, {objects} objects")
+    base = None
+    for name, (cfg, model) in built.items():
+        try:
+            t, hw = time_step(cfg, model, objects, repeats)
+        except Exception as err:  # noqa: BLE001 - report and go on with the other methods
+            print(f"  {name:10s} skipped: {type(err).__name__}: {err}")
+            continue
+        base = t["median"] if name == "stcn" else base
+        ratio = f"{t['median'] / base:6.2f} x stcn" if base else ""
+        print(f"  {name:10s} {hw[0]}x{hw[1]:<5d}{fmt_ms(t['median'])}  {ratio}")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="benchmark.py models", description=__doc__)
+    ap.add_argument("--detail", action="store_true", help="count per top-level parameter group")
+    ap.add_argument("--time", action="store_true", help="also time one jitted per-frame step")
+    ap.add_argument("--objects", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    print(machine_line())
+    built = param_table(args.detail)
+    if args.time:
+        step_times(built, args.objects, args.repeats)
+    return 0

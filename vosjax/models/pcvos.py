@@ -1,0 +1,222 @@
+"""Per-Clip VOS (PCVOS): the memory network plus intra-clip refinement (PCVOS sec. 3.2-3.5).
+
+:class:`PCVOS` is the :class:`vosjax.models.stcn.STCN` memory network with two
+additions:
+
+* a local-key head on the key encoder (sec. 3.2): ``k_intra = conv3x3(f16)``,
+  ``Ck' = 256`` channels, computed for every query frame by ``encode_key``
+  (``feats["k_intra"]: [B, T, h, w, Ck']``) and shared by all objects;
+* intra-clip refinement (ICR, sec. 3.4) between the memory readout and the
+  decoder, over the T query frames of a clip, ``icr_layers = 2`` layers:
+
+      v_attn = Attn(phi(k_intra), phi(k_intra)) psi(v) W_o + v          (eq. 3)
+      v_out  = FFN(v_attn) + v_attn,   FFN(x) = GELU(LN(x) W_1) W_2
+
+  ``phi`` / ``psi`` = LayerNorm followed by a linear map to the width 256
+  (separate per layer; the SAME ``phi`` gives queries and keys, as eq. 3
+  writes it); ``Attn`` = softmax(q k^T / sqrt(d)) restricted to 3D windows of
+  2 x 7 x 7 (time x height x width) positions, shifted by half a window
+  (1, 3, 3) in every other layer (:func:`vosjax.ops.window_attention.window_attention`;
+  windows larger than the clip are clamped to it, so a single frame attends
+  within 1 x 7 x 7). The value path works at width 256: ``psi`` projects
+  ``Cv -> 256`` and ``W_o`` projects back to ``Cv`` for the residual; the FFN
+  runs on ``Cv`` channels with hidden width ``icr_ffn_dim`` (1024 = 4 x 256).
+  The refinement runs per object on its own values with attention weights
+  shared by all objects (they depend on ``k_intra`` only), so objects never
+  mix and invalid slots cannot affect valid ones.
+
+``segment`` honours ``SegmentOptions.segment_len`` (progressive memory
+matching, eq. 4) and ``top_k`` as the base class does. Per-clip inference is
+the engine's choice: it passes the L frames of a clip in ``feats`` at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+from jaxtyping import Array, Float
+
+from vosjax.errors import VosjaxError
+from vosjax.models.base import Feats
+from vosjax.models.modules import conv3x3
+from vosjax.models.stcn import (
+    STCN,
+    MemoryNet,
+    MemoryNetSpec,
+    _field,
+    _merge_bt,
+    _positive_int,
+    spec_fields,
+)
+from vosjax.models.stcn import default_config as stcn_config
+from vosjax.ops.window_attention import window_attention
+
+
+def default_config(tiny: bool = False) -> ml_collections.ConfigDict:
+    """PCVOS model config: the STCN baseline fields plus the ICR / clip fields.
+
+    Extra fields: ``intra_key_dim`` (Ck' = 256), ``icr_layers`` (2),
+    ``icr_width`` (256), ``icr_heads`` (1: eq. 3 is single-head),
+    ``icr_ffn_dim`` (1024), ``icr_window`` ((2, 7, 7)), ``clip_len`` (L = 5,
+    frames per clip for the engine) and ``segment_len`` (F = 5, progressive
+    matching; the engine passes it as ``SegmentOptions.segment_len``).
+    ``tiny=True``: the tiny STCN fields and a width-16 ICR.
+    """
+    c = stcn_config("stcn", tiny)
+    c.name = "pcvos"
+    c.intra_key_dim = 256
+    c.icr_layers = 2
+    c.icr_width = 256
+    c.icr_heads = 1
+    c.icr_ffn_dim = 1024
+    c.icr_window = (2, 7, 7)
+    c.clip_len = 5
+    c.segment_len = 5
+    if tiny:
+        c.intra_key_dim = 16
+        c.icr_width = 16
+        c.icr_heads = 2
+        c.icr_ffn_dim = 32
+        c.icr_window = (2, 3, 3)
+    return c
+
+
+@dataclasses.dataclass(frozen=True)
+class PCVOSSpec(MemoryNetSpec):
+    """:class:`MemoryNetSpec` plus the intra-clip refinement hyper-parameters."""
+
+    intra_key_dim: int = 256
+    icr_layers: int = 2
+    icr_width: int = 256
+    icr_heads: int = 1
+    icr_ffn_dim: int = 1024
+    icr_window: tuple[int, int, int] = (2, 7, 7)
+
+
+class ICRLayer(nn.Module):
+    """One refinement layer (eq. 3 + FFN) on per-object values with shared local keys."""
+
+    width: int
+    heads: int
+    ffn_dim: int
+    window: tuple[int, int, int]
+    shift: tuple[int, int, int]
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, v: Float[Array, "B O T h w Cv"], k_intra: Float[Array, "B T h w Ckp"]
+    ) -> Float[Array, "B O T h w Cv"]:
+        b, o, t, h, w, cv = v.shape
+        dt, heads, d = self.dtype, self.heads, self.width // self.heads
+
+        def ln_dense(x: Array, features: int, name: str) -> Array:
+            x = nn.LayerNorm(epsilon=1e-5, dtype=dt, param_dtype=jnp.float32, name=f"{name}_norm")(
+                x
+            )
+            return nn.Dense(features, dtype=dt, param_dtype=jnp.float32, name=name)(x)
+
+        k = ln_dense(k_intra, self.width, "phi")  # [B, T, h, w, width], shared by objects
+        u = ln_dense(v, self.width, "psi")  # [B, O, T, h, w, width]
+        # Fold objects into each head's value channels: [B, T, h, w, heads * O * d], so one
+        # softmax per head serves all objects and objects never mix.
+        u = u.reshape(b, o, t, h, w, heads, d).transpose(0, 2, 3, 4, 5, 1, 6)
+        a = window_attention(
+            k, k, u.reshape(b, t, h, w, heads * o * d), heads, self.window, self.shift
+        )
+        a = a.reshape(b, t, h, w, heads, o, d).transpose(0, 5, 1, 2, 3, 4, 6)
+        a = a.reshape(b, o, t, h, w, self.width)
+        v = v + nn.Dense(cv, dtype=dt, param_dtype=jnp.float32, name="out")(a)
+        f = nn.gelu(ln_dense(v, self.ffn_dim, "ffn_in"), approximate=False)
+        return v + nn.Dense(cv, dtype=dt, param_dtype=jnp.float32, name="ffn_out")(f)
+
+
+class IntraClipRefinement(nn.Module):
+    """``icr_layers`` :class:`ICRLayer` s, the odd ones with windows shifted by half a window."""
+
+    spec: PCVOSSpec
+
+    @nn.compact
+    def __call__(
+        self, v: Float[Array, "B O T h w Cv"], k_intra: Float[Array, "B T h w Ckp"]
+    ) -> Float[Array, "B O T h w Cv"]:
+        s = self.spec
+        half = tuple(x // 2 for x in s.icr_window)
+        for i in range(s.icr_layers):
+            v = ICRLayer(
+                s.icr_width,
+                s.icr_heads,
+                s.icr_ffn_dim,
+                s.icr_window,
+                half if i % 2 else (0, 0, 0),
+                s.compute_dtype,
+                name=f"layer{i}",
+            )(v, k_intra)
+        return v
+
+
+class PCVOSNet(MemoryNet):
+    """:class:`MemoryNet` + the ``k_intra`` head and the intra-clip refinement."""
+
+    spec: PCVOSSpec
+
+    def setup(self) -> None:
+        super().setup()
+        self.intra_key = conv3x3(self.spec.intra_key_dim, self.spec.compute_dtype)
+        self.icr = IntraClipRefinement(self.spec)
+
+    def encode_key(self, frames: Float[Array, "B T H W 3"], train: bool = False) -> Feats:
+        out = super().encode_key(frames, train)
+        b, t = frames.shape[:2]
+        k = self.intra_key(_merge_bt(out["s16"]))
+        out["k_intra"] = k.reshape((b, t) + k.shape[1:])
+        return out
+
+    def refine_readout(
+        self, readout: Float[Array, "B O T h w Cv"], feats: Feats
+    ) -> Float[Array, "B O T h w Cv"]:
+        dt = self.spec.compute_dtype
+        return self.icr(readout.astype(dt), feats["k_intra"].astype(dt))
+
+
+class PCVOS(STCN):
+    """PCVOS behind the :class:`VOSModel` interface (see the module docstring).
+
+    ``feats`` carry ``"k_intra"`` in addition to the STCN entries; ``segment``
+    refines the read-out values of all T query frames together (a clip).
+    """
+
+    net_cls = PCVOSNet
+    spec_cls = PCVOSSpec
+    feat_keys = STCN.feat_keys + ("k_intra",)
+
+    @staticmethod
+    def _spec_fields(config: Any) -> dict[str, Any]:
+        owner = "PCVOS"
+        fields = spec_fields(config, owner)
+        window = tuple(_field(config, "icr_window", owner))
+        if len(window) != 3 or any(
+            isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in window
+        ):
+            raise VosjaxError(
+                f"{owner}: config field 'model.icr_window' must be three positive ints "
+                f"(time, height, width), got {window!r}."
+            )
+        fields.update(
+            intra_key_dim=_positive_int(config, "intra_key_dim", owner),
+            icr_layers=_positive_int(config, "icr_layers", owner),
+            icr_width=_positive_int(config, "icr_width", owner),
+            icr_heads=_positive_int(config, "icr_heads", owner),
+            icr_ffn_dim=_positive_int(config, "icr_ffn_dim", owner),
+            icr_window=window,
+        )
+        if fields["icr_width"] % fields["icr_heads"]:
+            raise VosjaxError(
+                f"{owner}: config field 'model.icr_heads' = {fields['icr_heads']} must divide "
+                f"'model.icr_width' = {fields['icr_width']}."
+            )
+        return fields
