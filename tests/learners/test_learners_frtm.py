@@ -238,6 +238,13 @@ def test_update_solves_the_w2_normal_equations():
         design.T @ design + reg["w2"] * np.eye(n2), design.T @ (row_w * y.reshape(-1))
     )
     np.testing.assert_allclose(np.asarray(new["w2"]).reshape(-1), want, rtol=2e-3, atol=2e-4)
+    # the same update from a memory of projected features w1 * x
+    projected = jax.jit(frtm.project)(params, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(projected), hidden, rtol=1e-4, atol=1e-5)
+    upd = functools.partial(frtm.update, num_cg=3 * n2, reg=reg, projected=True)
+    new_p = jax.jit(upd)(params, mem._replace(features=projected))
+    np.testing.assert_array_equal(np.asarray(new_p["w1"]), np.asarray(params["w1"]))
+    np.testing.assert_allclose(np.asarray(new_p["w2"]).reshape(-1), want, rtol=2e-3, atol=2e-4)
 
 
 def test_gauss_newton_beats_steepest_descent_at_equal_jacobian_products():
@@ -502,6 +509,13 @@ def test_bad_arguments_raise_vosjax_error():
         frtm.fit(params, x, y[:2], num_gn=1, num_cg=1)
     with pytest.raises(VosjaxError, match="'w1' and 'w2'"):
         frtm.fit({"w1": params["w1"]}, x, y, num_gn=1, num_cg=1)
+    with pytest.raises(VosjaxError, match="projected"):
+        frtm.fit(params, x, y, num_gn=1, num_cg=1, projected=True)  # C channels, not hidden
+    with pytest.raises(VosjaxError, match="w1 cannot"):
+        h = np.zeros(x.shape[:-1] + (HID_SMALL,), np.float32)
+        frtm.fit(
+            params, h, y, num_gn=1, num_cg=1, projected=True, trainable={"w1": True, "w2": True}
+        )
     with pytest.raises(VosjaxError, match="reg"):
         frtm.fit(params, x, y, num_gn=1, num_cg=1, reg={"w1": 1.0})
     with pytest.raises(VosjaxError, match="K0"):

@@ -9,7 +9,8 @@ and compiled before timing (median of repeats):
 - initial fit: 5 augmented samples, 5 GN steps with 5, 10, 10, 10, 10 CG
   iterations, both layers, from random weights;
 - update: the full sample memory (80 slots), 1 GN step with 10 CG iterations
-  on w2 (w1 frozen);
+  on w2 (w1 frozen), from stored features and from stored projections
+  ``w1 * x`` (``frtm.project``; 96 channels, the projection not redone);
 - memory_add into the 80-slot memory, with the memory buffers donated (in
   place) and not donated (a copy of the ~530 MB feature buffer per call);
 
@@ -88,6 +89,10 @@ def _frtm(label_stride: int, repeats: int) -> None:
     print(_line("initial fit: 5 samples, 5 GN (5,10,10,10,10 CG)", t_fit, t_res5["median"]))
     print(_line("baseline: residuals, 80 samples", t_res80))
     print(_line("update: 80 samples, w2 only, 1 GN x 10 CG", t_upd, t_res80["median"]))
+    mem_h = mem._replace(features=jax.jit(frtm.project)(fitted, mem.features))
+    upd_h = jax.jit(functools.partial(frtm.update, projected=True))
+    t_upd_h = time_fn(lambda: upd_h(fitted, mem_h), repeats=repeats)
+    print(_line(f"update, memory of w1 * x ({HIDDEN} channels)", t_upd_h, t_res80["median"]))
 
     add_copy = jax.jit(frtm.memory_add)
     add_donate = jax.jit(frtm.memory_add, donate_argnums=0)
