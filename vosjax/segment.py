@@ -142,7 +142,13 @@ def find_sequences(
     if (root / "JPEGImages").is_dir():
         img_root = root / "JPEGImages" / resolution
         if not img_root.is_dir():
-            raise VosjaxError(f"segment: {img_root} not found; pass --resolution (e.g. 480p).")
+            subs = _subdirs(root / "JPEGImages")
+            if len(subs) != 1:
+                raise VosjaxError(
+                    f"segment: {img_root} not found; pass --resolution as one of "
+                    f"{[p.name for p in subs]}."
+                )
+            img_root, resolution = subs[0], subs[0].name
         if (masks_root / "Annotations").is_dir():
             masks_root = masks_root / "Annotations" / resolution
     else:

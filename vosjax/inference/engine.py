@@ -35,13 +35,12 @@ frame or at the end of a video) are computed but change nothing.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Bool, Float, Int, UInt8
+from jaxtyping import Array, Bool, Int, UInt8
 
 from vosjax.data.normalize import normalize_frames
 from vosjax.errors import VosjaxError
@@ -74,7 +73,7 @@ def working_size(frame_size: tuple[int, int], resolution: int | None) -> tuple[i
     if resolution is None:
         return hh, ww
     s = resolution / min(hh, ww)
-    return max(1, int(round(hh * s))), max(1, int(round(ww * s)))
+    return max(1, round(hh * s)), max(1, round(ww * s))
 
 
 def _with_capacity(model: VOSModel, capacity: int | None) -> VOSModel:

@@ -105,18 +105,32 @@ def engine_from_bundle(
     config = EngineConfig.from_config(fields)
     if config.box_filter == "pt" and motion_fn is None:
         motion_fn = _tracker_motion_fn(config, variables)
+    if motion_fn is None:  # shared with evaluate_source: one compilation per (model, config)
+        from vosjax.inference.evaluation import get_engine
+
+        return get_engine(model, config), variables
     return Engine(model, config, motion_fn=motion_fn), variables
 
 
 def _tracker_motion_fn(config: EngineConfig, variables: Any) -> MotionFn:
-    """The PT tracker from ``config.tracker`` (a bundle folder) or ``variables["tracker"]``."""
+    """The PT tracker from ``config.tracker`` (a bundle folder) or ``variables["tracker"]``.
+
+    A tracker bundle holds the tracker's variables (``{"params": ...}``, or
+    under ``"tracker"``); its run config's ``tracker`` section, if any, gives
+    the MLP's shape (:func:`vosjax.models.tracker.default_config` otherwise).
+    """
     from vosjax.models import tracker as tracker_mod
 
+    tracker_config = None
     if config.tracker is not None:
         from vosjax.checkpoint import load_variables
 
-        tvars, _ = load_variables(config.tracker)
-        params = tvars.get("tracker", tvars.get("params", tvars))
+        tvars, run_config = load_variables(config.tracker)
+        params = tvars.get("tracker", tvars)
+        try:
+            tracker_config = run_config["tracker"]
+        except (KeyError, TypeError):
+            tracker_config = None
     elif isinstance(variables, dict) and "tracker" in variables:
         params = variables["tracker"]
     else:
@@ -124,7 +138,7 @@ def _tracker_motion_fn(config: EngineConfig, variables: Any) -> MotionFn:
             "box_filter='pt' needs the trained tracker: set EngineConfig.tracker to its bundle "
             "folder, or export it with the model as variables['tracker']; or use box_filter='cv'."
         )
-    return tracker_mod.make_motion_fn(params)
+    return tracker_mod.make_motion_fn(params, tracker_config)
 
 
 class ObjectTable:
