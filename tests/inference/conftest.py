@@ -13,9 +13,8 @@ checked end to end; it also records, per ``memorize`` call, the ``write`` and
 
 from __future__ import annotations
 
-from typing import Any
-
 import types
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -121,21 +121,45 @@ def test_tracks_objects_and_preserves_ids(tk, toy_model, toy_variables):
     assert preds[0].object_ids == (3, 7) and preds[-1].object_ids == (3, 7, 200)
 
 
-def test_one_compilation_per_video_shape(tk, toy_model, toy_variables):
+class _CompileCounter:
+    """Counts XLA backend compilations (jax.monitoring event) while active."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event, duration, **kwargs):
+        if event == self.EVENT:
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+
+def test_no_compilation_after_the_first_step(tk, toy_model, toy_variables):
+    with _CompileCounter() as probe:  # the counter does see compilations
+        jax.jit(lambda x: x * 3 + 1)(jnp.arange(7.0))
+    assert probe.count >= 1
     frames, labels = tk.make_video(20, (32, 48), appear=(0, 5, 11), seed=3)
     given = tk.first_masks(labels)
     for clip in (1, 4):
         engine = Engine(toy_model, EngineConfig(max_objects=4, clip_length=clip, box_filter="cv"))
         seg = VideoSegmenter((engine, toy_variables))
-        n = 0
-        for t, f in enumerate(frames):
-            n += len(seg.step(f, given.get(t)))
-        n += len(seg.flush())
+        n = len(seg.step(frames[0], given[0]))  # the first step compiles
+        with _CompileCounter() as counter:
+            for t in range(1, len(frames)):
+                n += len(seg.step(frames[t], given.get(t)))
+            n += len(seg.flush())
+            seg.reset()  # a second video of the same size reuses the compiled step
+            for t, f in enumerate(frames[:6]):
+                seg.step(f, given.get(t))
         assert n == len(frames)
-        assert engine.num_traces == 1
-        seg.reset()  # a second video of the same size reuses the compiled step
-        for t, f in enumerate(frames[:6]):
-            seg.step(f, given.get(t))
+        assert counter.count == 0, f"{counter.count} compilations after the first step (L={clip})"
         assert engine.num_traces == 1
 
 

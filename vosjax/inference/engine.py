@@ -234,13 +234,16 @@ class Engine:
             raise VosjaxError(f"{fn}: 'state' must come from Engine.init_state, got {type(state).__name__}.")
         b, o = state.obj_valid.shape
         length = self.config.clip_length
-        frames = jnp.asarray(frames)
+        # Host inputs stay NumPy until the compiled call (no eager device ops, so nothing but
+        # the step itself is ever compiled while a video runs).
+        if not isinstance(frames, jax.Array):
+            frames = np.asarray(frames)
         if frames.ndim != 5 or frames.shape[:2] != (b, length) or frames.shape[-1] != 3:
             raise VosjaxError(
                 f"{fn}: 'frames' must be uint8[B={b}, L={length}, H, W, 3], got "
                 f"{frames.dtype}{list(frames.shape)}."
             )
-        if frames.dtype != jnp.uint8:
+        if frames.dtype != np.uint8:
             raise VosjaxError(
                 f"{fn}: 'frames' must be uint8 RGB (normalisation happens on device), got "
                 f"{frames.dtype}; pass e.g. np.asarray(frames, np.uint8)."
@@ -252,11 +255,11 @@ class Engine:
                 f"frame_size={(hh, ww)}."
             )
         if new_masks is None:
-            new_masks = jnp.zeros((b, hh, ww), jnp.uint8)
+            new_masks = np.zeros((b, hh, ww), np.uint8)
         else:
             on_host = not isinstance(new_masks, jax.Array)
             nm = np.asarray(new_masks) if on_host else new_masks
-            if nm.shape != (b, hh, ww) or not jnp.issubdtype(nm.dtype, jnp.integer):
+            if nm.shape != (b, hh, ww) or not np.issubdtype(nm.dtype, np.integer):
                 raise VosjaxError(
                     f"{fn}: 'new_masks' must be an integer slot label map [B, H, W] = "
                     f"{[b, hh, ww]}, got {nm.dtype}{list(nm.shape)}."
@@ -266,21 +269,24 @@ class Engine:
                     f"{fn}: 'new_masks' holds slot {int(nm.max())} but the state has {o} object "
                     "slots (labels are 0 = none, i + 1 = slot i); map object ids to slots first."
                 )
-            new_masks = jnp.asarray(nm).astype(jnp.uint8)
+            if nm.dtype != np.uint8:
+                nm = nm.astype(np.uint8) if on_host else nm.astype(jnp.uint8)
+            new_masks = nm
         if new_objects is None:
-            new_objects = jnp.zeros((b, o), bool)
+            new_objects = np.zeros((b, o), bool)
         elif tuple(np.shape(new_objects)) != (b, o):
             raise VosjaxError(f"{fn}: 'new_objects' must be bool[B, O] = {[b, o]}, got {np.shape(new_objects)}.")
+        elif not isinstance(new_objects, jax.Array):
+            new_objects = np.asarray(new_objects, bool)
         if frame_valid is None:
-            frame_valid = jnp.ones((b, length), bool)
+            frame_valid = np.ones((b, length), bool)
         elif tuple(np.shape(frame_valid)) != (b, length):
             raise VosjaxError(
                 f"{fn}: 'frame_valid' must be bool[B, L] = {[b, length]}, got {np.shape(frame_valid)}."
             )
-        return self._step_jit(
-            variables, state, frames, new_masks, jnp.asarray(new_objects, bool),
-            jnp.asarray(frame_valid, bool),
-        )
+        elif not isinstance(frame_valid, jax.Array):
+            frame_valid = np.asarray(frame_valid, bool)
+        return self._step_jit(variables, state, frames, new_masks, new_objects, frame_valid)
 
     # -- the compiled program -------------------------------------------------------------
     def _step(

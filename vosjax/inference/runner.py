@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import UInt8
@@ -149,7 +148,7 @@ def run_batch(
                 valid[i, :n] = True
             if r.given is not None:
                 labels[i], given[i] = r.given
-        inputs = (jnp.asarray(frames), jnp.asarray(labels), jnp.asarray(given), jnp.asarray(valid))
+        inputs = (frames, labels, given, valid)
         if mesh is not None:
             inputs = shard_batch(inputs, mesh)
         state, out = engine.step(variables, state, *inputs)

@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, UInt8
 
@@ -331,11 +330,10 @@ class VideoSegmenter:
         if self._given is not None:
             new_masks, new_objects = self._given[0][None], self._given[1][None]
         self._state, out = engine.step(
-            self.variables, self._state, jnp.asarray(frames), new_masks, new_objects,
-            jnp.asarray(valid),
+            self.variables, self._state, frames, new_masks, new_objects, valid
         )
-        labels = self._table.to_ids(np.asarray(out.labels[0, :n]))
-        probs = None if out.probs is None else np.asarray(out.probs[0, :, :n])
+        labels = self._table.to_ids(np.asarray(out.labels)[0, :n])
+        probs = None if out.probs is None else np.asarray(out.probs)[0, :, :n]
         ids = tuple(self._table.ids)
         preds = [
             Prediction(
