@@ -1,0 +1,231 @@
+"""Argument checks and small helpers of the :class:`~vosjax.models.base.VOSModel`
+interface shared by the learner-based methods (FRTM, JOINT).
+
+All checks look at shapes and dtypes only, so they run at trace time and cost
+nothing under ``jit``; each raises :class:`~vosjax.errors.VosjaxError` naming the
+method and argument. The input resolution travels in the query features as a
+zero-channel array ``feats["frame_hw"]: f32[B, T, H, W, 0]`` (no data, only
+a shape; the memory networks use the same key), so ``segment`` can return
+logits at full resolution for any H x W, including sizes that are not
+multiples of the stride (480 x 854).
+
+Initialisation (:func:`init_variables`). A Flax ``init`` draws every
+parameter with its own random call, and XLA on CPU compiles each such call
+separately (tens of seconds for a ResNet). The models here instead take the
+variable shapes from ``jax.eval_shape`` of the Flax init and fill them from
+ONE normal draw, leaf by leaf, with the distribution each module declares:
+
+=========================================  ==========================================
+leaf                                        value
+=========================================  ==========================================
+``params/<torch-initialised>/.../kernel``   N(0, 2 / fan_out)  (torchvision, the backbones)
+other ``kernel`` (conv HWIO, dense IO)       N(0, 1 / fan_in)   (:data:`KERNEL_INIT`, LeCun normal)
+``bias``                                    0
+``scale`` (batch norm gamma)                1
+``batch_stats/.../mean`` / ``var``          0 / 1
+named constants (e.g. ``learner_reg``)      the given value
+=========================================  ==========================================
+
+with ``fan_in = prod(shape[:-1])`` and ``fan_out = prod(shape[:-2]) * shape[-1]``
+(Flax's variance-scaling fans). Every module of these models declares exactly
+these initialisers, so ``model.init`` and the Flax ``init`` draw from the same
+distributions (values differ: one stream instead of many); a leaf outside the
+table raises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vosjax import _validate
+from vosjax.errors import VosjaxError
+
+SIZE_KEY = "frame_hw"
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def parse_dtype(fn: str, name: Any) -> Any:
+    """Config ``dtype`` ("float32", "bfloat16", "float16") -> a jnp dtype."""
+    key = str(getattr(name, "__name__", name))
+    if key not in _DTYPES:
+        raise VosjaxError(
+            f"{fn}: config field 'dtype' is {name!r}; use one of {', '.join(_DTYPES)}."
+        )
+    return _DTYPES[key]
+
+
+def check_frames(fn: str, frames: Any) -> tuple[int, int, int, int]:
+    """``frames`` is floating ``[B, T, H, W, 3]``; returns (B, T, H, W)."""
+    _validate.check_rank(fn, "frames", frames, 5, "[B, T, H, W, 3]")
+    _validate.check_floating(fn, "frames", frames)
+    if frames.shape[-1] != 3:
+        raise VosjaxError(
+            f"{fn}: argument 'frames' must have 3 (RGB) channels last, got shape {tuple(frames.shape)}."
+        )
+    b, t, h, w, _ = frames.shape
+    return int(b), int(t), int(h), int(w)
+
+
+def check_masks(fn: str, masks: Any, frames_shape: tuple[int, int, int, int]) -> int:
+    """``masks`` is floating ``[B, O, T, H, W]`` matching the frames; returns O."""
+    _validate.check_rank(fn, "masks", masks, 5, "[B, O, T, H, W]")
+    _validate.check_floating(fn, "masks", masks)
+    b, t, h, w = frames_shape
+    if (masks.shape[0], *masks.shape[2:]) != (b, t, h, w):
+        raise VosjaxError(
+            f"{fn}: argument 'masks' {tuple(masks.shape)} must be [B, O, T, H, W] with B, T, H, W "
+            f"= {(b, t, h, w)} of the frames."
+        )
+    return int(masks.shape[1])
+
+
+def check_obj_valid(fn: str, obj_valid: Any, batch: int, num_objects: int | None = None) -> int:
+    """``obj_valid`` is ``bool[B, O]``; returns O."""
+    _validate.check_rank(fn, "obj_valid", obj_valid, 2, "[B, O]")
+    if jnp.dtype(obj_valid.dtype) != jnp.dtype(bool):
+        raise VosjaxError(
+            f"{fn}: argument 'obj_valid' must be boolean [B, O], got dtype {obj_valid.dtype}; "
+            "pass e.g. obj_valid.astype(bool)."
+        )
+    if obj_valid.shape[0] != batch or (
+        num_objects is not None and obj_valid.shape[1] != num_objects
+    ):
+        want = (batch, num_objects if num_objects is not None else "O")
+        raise VosjaxError(
+            f"{fn}: argument 'obj_valid' must have shape {want}, got {tuple(obj_valid.shape)}."
+        )
+    return int(obj_valid.shape[1])
+
+
+def check_row_flags(fn: str, name: str, flags: Any, batch: int) -> None:
+    """``flags`` is ``bool[B]`` (the engine's per-video write / refit policy)."""
+    _validate.check_rank(fn, name, flags, 1, "[B]")
+    if flags.shape[0] != batch or jnp.dtype(flags.dtype) != jnp.dtype(bool):
+        raise VosjaxError(
+            f"{fn}: argument '{name}' must be bool[{batch}], got {flags.dtype}{list(flags.shape)}."
+        )
+
+
+def check_feats(fn: str, feats: Any, keys: Sequence[str]) -> tuple[int, int, int, int]:
+    """``feats`` is the dict of ``encode_key`` with ``keys``; returns (B, T, H, W) of the frames."""
+    if not isinstance(feats, Mapping):
+        raise VosjaxError(
+            f"{fn}: argument 'feats' must be the dict returned by encode_key, got {type(feats).__name__}."
+        )
+    missing = [k for k in (*keys, SIZE_KEY) if k not in feats]
+    if missing:
+        raise VosjaxError(
+            f"{fn}: argument 'feats' lacks {missing}; pass the dict returned by this model's "
+            "encode_key (features of another method do not fit)."
+        )
+    size = feats[SIZE_KEY]
+    _validate.check_rank(fn, f"feats['{SIZE_KEY}']", size, 5, "[B, T, H, W, 0]")
+    b, t, h, w, _ = size.shape
+    for k in keys:
+        _validate.check_rank(fn, f"feats['{k}']", feats[k], 5, "[B, T, h, w, C]")
+        if tuple(feats[k].shape[:2]) != (b, t):
+            raise VosjaxError(
+                f"{fn}: feats['{k}'] has leading dims {tuple(feats[k].shape[:2])}, expected "
+                f"(B, T) = {(b, t)}."
+            )
+    return int(b), int(t), int(h), int(w)
+
+
+def size_marker(b: int, t: int, h: int, w: int) -> Any:
+    """The zero-channel array whose shape carries the input resolution."""
+    return jnp.zeros((b, t, h, w, 0), jnp.float32)
+
+
+def check_feat_shape(fn: str, feat_shape: Any) -> tuple[int, int]:
+    """``feat_shape`` is (h, w) of the stride-16 features, two positive ints."""
+    try:
+        h, w = (int(v) for v in feat_shape)
+    except (TypeError, ValueError):
+        raise VosjaxError(
+            f"{fn}: argument 'feat_shape' must be (h, w) of the stride-16 features, got {feat_shape!r}."
+        ) from None
+    if h < 1 or w < 1:
+        raise VosjaxError(f"{fn}: argument 'feat_shape' must be positive, got {(h, w)}.")
+    return h, w
+
+
+def check_positive_int(fn: str, name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise VosjaxError(f"{fn}: '{name}' must be a positive int, got {value!r}.")
+    return int(value)
+
+
+#: The initialiser of every conv / dense kernel of FRTM's S and JOINT's own modules.
+KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+
+def _leaf_plan(path: tuple[str, ...], shape: tuple[int, ...], torch_roots, constants):
+    """(kind, value) of one variable leaf per the module docstring's table."""
+    collection, leaf = path[0], path[-1]
+    if collection == "batch_stats":
+        if leaf in ("mean", "var"):
+            return "const", 0.0 if leaf == "mean" else 1.0
+    elif collection == "params":
+        if leaf == "kernel" and len(shape) >= 2:
+            if len(path) > 1 and path[1] in torch_roots:
+                fan = math.prod(shape[:-2]) * shape[-1]
+                return "normal", math.sqrt(2.0 / fan)
+            return "normal", math.sqrt(1.0 / math.prod(shape[:-1]))
+        if leaf == "bias":
+            return "const", 0.0
+        if leaf == "scale":
+            return "const", 1.0
+        if leaf in constants:
+            return "const", float(constants[leaf])
+    raise VosjaxError(
+        f"init_variables: no initialisation rule for variable {'/'.join(path)} of shape {shape}; "
+        "add it to the rules of vosjax.models.frtm_common."
+    )
+
+
+def init_variables(
+    init_fn: Callable[..., Any],
+    rng: Any,
+    *args: Any,
+    torch_roots: Sequence[str] = ("backbone",),
+    constants: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Variables of ``init_fn(rng, *args)`` (a Flax ``init``) filled from one normal draw.
+
+    Shapes and structure come from ``jax.eval_shape(init_fn, rng, *args)``;
+    values follow the table of the module docstring. ``torch_roots`` names the
+    top-level param subtrees initialised the torchvision way, ``constants``
+    fixed scalar parameters by leaf name.
+    """
+    constants = dict(constants or {})
+    abstract = jax.eval_shape(init_fn, rng, *args)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    plan = []
+    for path, leaf in flat:
+        names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        plan.append((*_leaf_plan(names, tuple(leaf.shape), set(torch_roots), constants), leaf))
+    total = sum(math.prod(leaf.shape) for kind, _, leaf in plan if kind == "normal")
+
+    @jax.jit
+    def build(key):
+        z = jax.random.normal(key, (max(total, 1),), jnp.float32)
+        out, start = [], 0
+        for kind, value, leaf in plan:
+            n = math.prod(leaf.shape)
+            if kind == "normal":
+                x = z[start : start + n].reshape(leaf.shape) * value
+                start += n
+            else:
+                x = jnp.full(leaf.shape, value, jnp.float32)
+            out.append(x.astype(leaf.dtype))
+        return out
+
+    return jax.tree_util.tree_unflatten(treedef, build(rng))
