@@ -1,6 +1,6 @@
 """Model sizes (and optionally per-frame step times) of every method at full size.
 
-    python tools/benchmark.py models [--detail] [--time] [--objects 2] [--repeats 5]
+    python tools/benchmark.py models [--detail] [--time] [--methods a,b] [--objects 2] [--repeats 5]
 
 Parameter counts: trainable parameters (``variables["params"]``; batch-norm
 running statistics excluded) of each registry entry's default full-size
@@ -70,10 +70,10 @@ def count(tree: Any) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def param_table(detail: bool) -> dict[str, tuple[Any, Any]]:
+def param_table(detail: bool, methods: list[str]) -> dict[str, tuple[Any, Any]]:
     print(f"{'method':10s} {'input':>10s} {'params':>12s} {'paper':>8s}  note")
     built: dict[str, tuple[Any, Any]] = {}
-    for name in REGISTRY:
+    for name in methods:
         try:
             cfg = model_config(name)
             model = get_model(cfg)
@@ -138,11 +138,16 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="benchmark.py models", description=__doc__)
     ap.add_argument("--detail", action="store_true", help="count per top-level parameter group")
     ap.add_argument("--time", action="store_true", help="also time one jitted per-frame step")
+    ap.add_argument("--methods", default=",".join(REGISTRY), help="comma-separated subset")
     ap.add_argument("--objects", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in REGISTRY]
+    if unknown:
+        ap.error(f"unknown methods {unknown}; choose from {', '.join(REGISTRY)}")
     print(machine_line())
-    built = param_table(args.detail)
+    built = param_table(args.detail, methods)
     if args.time:
         step_times(built, args.objects, args.repeats)
     return 0

@@ -633,6 +633,8 @@ class STCN(VOSModel):
 
         ``readout -> refine_readout (PCVOS only) -> decoder``; invalid slots get
         ``INVALID_LOGIT``. Merge objects with ``soft_aggregate(sigmoid(logits))``.
+        ``options.train`` changes nothing here: nothing after the encoders has
+        dropout or batch norm.
         """
         fn = f"{type(self).__name__}.segment"
         _check_feats(fn, feats, self.feat_keys)
