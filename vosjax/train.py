@@ -83,7 +83,6 @@ def train(config: Any, workdir: str | pathlib.Path, log: Callable[[str], None] |
     from vosjax.config_utils import to_plain
     from vosjax.data import make_source, make_train_pipeline
     from vosjax.errors import VosjaxError
-    from vosjax.models import get_model
     from vosjax.objectives import make_objective
     from vosjax.training import evaluation
     from vosjax.training.metric_writer import MetricWriter
@@ -91,6 +90,7 @@ def train(config: Any, workdir: str | pathlib.Path, log: Callable[[str], None] |
     from vosjax.training.schema import data_pipeline_config, stage_list
     from vosjax.training.state import (
         abstract_state,
+        build_model,
         example_inputs,
         init_state,
         init_variables,
@@ -103,7 +103,7 @@ def train(config: Any, workdir: str | pathlib.Path, log: Callable[[str], None] |
     workdir = pathlib.Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = parallel.make_mesh()
-    model = get_model(config.model)
+    model = build_model(config.model)
     stages = stage_list(config)
     bounds, total = [], 0
     for _, st in stages:

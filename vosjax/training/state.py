@@ -42,6 +42,7 @@ from vosjax.objectives.common import prepare_batch
 
 __all__ = [
     "abstract_state",
+    "build_model",
     "copy_from_bundle",
     "example_inputs",
     "init_state",
@@ -50,6 +51,18 @@ __all__ = [
     "make_train_step",
     "path_str",
 ]
+
+
+def build_model(model_config: Any) -> Any:
+    """The model of a run: ``vosjax.models.get_model``, or the box tracker for ``name = "tracker"``."""
+    name = model_config.get("name") if hasattr(model_config, "get") else None
+    if name == "tracker":
+        from vosjax.objectives.tracker import TrackerModel
+
+        return TrackerModel(model_config)
+    from vosjax.models import get_model
+
+    return get_model(model_config)
 
 
 def path_str(path: tuple) -> str:

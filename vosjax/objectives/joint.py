@@ -1,0 +1,70 @@
+"""JOINT's training objective (JOINT sec. 3.4, 3.6, eq. 8-10).
+
+A mini-sequence of ``N`` frames (N = 4) is processed as at inference, with
+the memory updated EVERY frame (sec. 3.6): frame 0 and its ground truth form
+the first template (the induction learner is fitted inside the step, by the
+model's differentiable steepest descent), then each frame ``t = 1 .. N-1`` is
+segmented and added as a template with its predicted mask (the learner is
+refitted). The loss is eq. 10::
+
+    L = 1 / (N - 1) sum_{t=1}^{N-1} L_lovasz(Y_t*, Y_t)  +  lambda / N sum_{t=0}^{N-1} L_cos^t
+
+with ``L_lovasz`` the Lovasz-softmax loss of the aggregated class
+probabilities (present classes), ``L_cos^t`` the cosine similarity of the
+two label-encoder heads' encodings ``E_tra``, ``E_ind`` of the mask of frame
+``t`` (the ground truth for t = 0, the prediction otherwise; eq. 8, one
+cosine per (video, object), averaged over valid objects) and lambda = 0.01.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from vosjax import losses
+from vosjax.errors import VosjaxError
+from vosjax.objectives.common import TRAIN_OPTIONS, hard_iou, prepare_batch, rollout, take_frames
+
+__all__ = ["JOINTOptions", "joint_objective"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JOINTOptions:
+    """``cosine_weight`` = lambda of eq. 10 (0.01)."""
+
+    cosine_weight: float = 0.01
+
+
+def joint_objective(model, variables, batch, rng, step, *, options: JOINTOptions = JOINTOptions()):
+    """JOINT: per-frame rollout with a template per frame, Lovasz + cosine decoupling."""
+    del rng, step
+    prep = prepare_batch(batch)
+    T = prep.frames.shape[1]
+    if T < 2:
+        raise VosjaxError(f"joint objective: needs at least 2 frames per sample, the batch has {T}.")
+    r = rollout(model, variables, prep, [[t] for t in range(1, T)], refit=True, options=TRAIN_OPTIONS)
+    labels = take_frames(prep.labels, r.frames, 1)
+    masks = take_frames(prep.masks, r.frames, 2)
+    seg = 0.0
+    for i in range(len(r.frames)):
+        probs = jax.nn.softmax(r.agg[:, :, i], axis=1)  # [B, O + 1, H, W]
+        seg += losses.lovasz_softmax(probs, labels[:, i], classes="present")
+    seg = seg / len(r.frames)
+    # eq. 8 on every frame's mask: ground truth for frame 0, predictions for the others
+    all_masks = jnp.concatenate([prep.masks[:, :, :1], r.probs], axis=2)
+    order = [0] + list(r.frames)
+    frames = take_frames(prep.frames, order, 1)
+    feats = {k: take_frames(v, order, 1) for k, v in r.feats.items()}
+    enc = model.encode_value(variables, frames, all_masks, prep.obj_valid, feats, train=True)
+    B, O = prep.obj_valid.shape
+    valid = prep.obj_valid.reshape(B * O)
+    cos = 0.0
+    for t in range(len(order)):
+        e1 = enc["e_tra"][:, :, t].reshape((B * O,) + enc["e_tra"].shape[3:])
+        e2 = enc["e_ind"][:, :, t].reshape((B * O,) + enc["e_ind"].shape[3:])
+        cos += losses.cosine_decoupling(e1, e2, valid)
+    cos = cos / len(order)
+    loss = seg + options.cosine_weight * cos
+    return loss, {"lovasz": seg, "cosine": cos, "iou": hard_iou(r.probs, masks, prep.obj_valid)}
