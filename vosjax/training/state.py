@@ -267,7 +267,7 @@ def make_train_step(
             **metrics,
             "loss": loss,
             "lr": schedule(stage_step),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         new_state = {
