@@ -14,6 +14,7 @@ checked end to end; it also records, per ``memorize`` call, the ``write`` and
 from __future__ import annotations
 
 import types
+import math
 from typing import Any
 
 import jax
@@ -101,6 +102,28 @@ class ColorMemory(VOSModel):
         return jnp.where(obj_valid[:, :, None, None, None], logits, INVALID_LOGIT)
 
 
+def random_variables(model, seed: int = 0, size: int = 64):
+    """Random variables of a real model without compiling its ``init`` (shapes from eval_shape):
+    weights ``N(0, 1 / fan_in)``, zero biases and running means, unit scales and variances."""
+    abstract = jax.eval_shape(
+        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 2, size, size, 3), jnp.float32),
+        jax.ShapeDtypeStruct((1, 1, 2, size, size), jnp.float32),
+        jax.ShapeDtypeStruct((1, 1), jnp.bool_),
+    )
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        shape = tuple(leaf.shape)
+        if name in ("var", "scale"):
+            return jnp.ones(shape, leaf.dtype)
+        if name in ("mean", "bias") or len(shape) <= 1:
+            return jnp.zeros(shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0, 1 / math.sqrt(math.prod(shape[:-1])), shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, dict(abstract))
+
+
 # Well separated, saturated colours: background grey, objects red / green / blue / yellow.
 COLORS = np.array(
     [[110, 110, 110], [230, 30, 30], [30, 200, 40], [40, 60, 230], [230, 220, 30]], np.uint8
@@ -166,5 +189,9 @@ def toy_variables(toy_model):
 def tk() -> types.SimpleNamespace:
     """The helpers of this file (test modules cannot import conftest under importlib mode)."""
     return types.SimpleNamespace(
-        ColorMemory=ColorMemory, make_video=make_video, first_masks=first_masks, COLORS=COLORS
+        ColorMemory=ColorMemory,
+        make_video=make_video,
+        first_masks=first_masks,
+        COLORS=COLORS,
+        random_variables=random_variables,
     )

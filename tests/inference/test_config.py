@@ -80,8 +80,7 @@ def test_unknown_field_names_closest():
         ({"correction_every": -1}, "correction_every"),
         ({"correction_every": None}, "correction_every"),
         ({"correction_rate": -0.1}, "correction_rate"),
-        ({"segment_len": 5}, "per-clip"),
-        ({"clip_length": 5, "segment_len": 5}, "smaller than"),
+        ({"segment_len": 0}, "segment_len"),
         ({"clip_length": 5, "mem_every": 7}, "multiple of clip_length"),
         ({"memory_policy": "first_last", "mem_every": 5}, "first_last"),
         ({"tracker": "x.msgpack"}, "box_filter='pt'"),
@@ -91,6 +90,13 @@ def test_unknown_field_names_closest():
 def test_bad_values_raise(kwargs, match):
     with pytest.raises(VosjaxError, match=match):
         EngineConfig(**kwargs)
+
+
+def test_progressive_matching_only_where_it_splits_a_clip():
+    assert EngineConfig(clip_length=10, segment_len=5).pmm_segment_len == 5
+    assert EngineConfig(clip_length=5, segment_len=5).pmm_segment_len is None  # PCVOS L = 5
+    assert EngineConfig(segment_len=5).pmm_segment_len is None
+    assert EngineConfig(clip_length=10).pmm_segment_len is None
 
 
 def test_frozen_and_hashable():

@@ -80,7 +80,9 @@ class EngineConfig:
       clip_length: ``L``; 1 = per-frame inference, L > 1 = per-clip inference
         (PCVOS): the L frames of a clip are read together.
       segment_len: progressive memory matching segment length ``F`` (PCVOS
-        eq. 4; per-clip only); None disables it.
+        eq. 4); None disables it. It only acts when ``F < clip_length`` (a clip
+        of one segment reads the memory once, as without it; PCVOS uses F = 5
+        for every L, so L = 5 has no PMM).
       top_k: keep the top-k memory entries per query position (None = dense).
       memory_policy: one of :data:`MEMORY_POLICIES` (module docstring).
       mem_every: write period in frames (None = the policy's default; in
@@ -163,17 +165,6 @@ class EngineConfig:
                 "EngineConfig: 'tracker' is only used with box_filter='pt'; set box_filter='pt' "
                 "or drop tracker."
             )
-        if self.clip_length == 1 and self.segment_len is not None:
-            raise VosjaxError(
-                "EngineConfig: 'segment_len' (progressive memory matching) needs per-clip "
-                "inference; set clip_length > 1 or segment_len=None."
-            )
-        if self.segment_len is not None and self.segment_len >= self.clip_length:
-            raise VosjaxError(
-                f"EngineConfig: 'segment_len' ({self.segment_len}) must be smaller than "
-                f"clip_length ({self.clip_length}) to split a clip into segments; use None to "
-                "read the whole clip at once."
-            )
         if self.clip_length > 1 and self.mem_every is not None and self.mem_every % self.clip_length:
             raise VosjaxError(
                 f"EngineConfig: in per-clip mode the memory is written at clip ends, so "
@@ -214,6 +205,13 @@ class EngineConfig:
         if self.memory_frames is not None:
             return self.memory_frames
         return _POLICY_DEFAULTS[self.memory_policy][2]
+
+    @property
+    def pmm_segment_len(self) -> int | None:
+        """``segment_len`` where it splits a clip, else None (same result, less work)."""
+        if self.segment_len is None or self.segment_len >= self.clip_length:
+            return None
+        return self.segment_len
 
     @property
     def per_clip(self) -> bool:

@@ -154,7 +154,7 @@ class Engine:
         self.model = _with_capacity(model, self.schedule.capacity)
         self.motion_fn = motion_fn
         self.stride = int(getattr(model, "stride", 16))
-        self.options = SegmentOptions(top_k=config.top_k, segment_len=config.segment_len)
+        self.options = SegmentOptions(top_k=config.top_k, segment_len=config.pmm_segment_len)
         self.num_traces = 0
         self._step_jit = jax.jit(self._step, donate_argnums=(1,))
 
