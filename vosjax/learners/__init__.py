@@ -4,7 +4,8 @@
   step length, LWL / JOINT) and :func:`gauss_newton_cg` (FRTM), both minimising
   ``0.5 |r(w)|^2`` over any params pytree with ``lax.scan`` loops, matrix-free.
 - :mod:`vosjax.learners.frtm`: FRTM's target model ``w2 * (w1 * x)``, pixel
-  weights, weighted sample memory, first-frame augmentation, initial fit and update.
+  weights, initial fit and update; with the weighted sample memory and the
+  first-frame augmentation of :mod:`vosjax.learners.frtm_samples` re-exported.
 - :mod:`vosjax.learners.lwl`: the LWL few-shot learner of JOINT's induction branch.
 """
 
