@@ -25,7 +25,10 @@ Bundles (:func:`export_bundle` / :func:`load_bundle`) are what inference
 needs and nothing else: ``DIR/variables`` (an Orbax checkpoint of the model
 variables as float32 NumPy arrays), ``DIR/config.json`` (the run config) and
 ``DIR/bundle.json`` (format, model name, parameter count). ``load_bundle``
-rebuilds the model with ``vosjax.models.get_model(config.model)``.
+rebuilds the model with ``vosjax.models.get_model(config.model)``. A bundle
+may also carry the PT box tracker as ``variables["tracker"] = {"params": ...}``
+(TrickVOS Trick 3); a tracker run's own bundle holds only that entry and is
+read with :func:`load_variables`.
 """
 
 from __future__ import annotations
@@ -330,8 +333,9 @@ def _check_against_model(model: Any, variables: Mapping[str, Any], directory: An
     expected = abstract_model_variables(model)
     if expected is None:
         return
+    own = {k: v for k, v in variables.items() if k != "tracker"}  # the PT tracker rides along
     got = {"/".join(str(getattr(k, "key", k)) for k in p): tuple(np.shape(v))
-           for p, v in jax.tree_util.tree_leaves_with_path(dict(variables))}
+           for p, v in jax.tree_util.tree_leaves_with_path(own)}
     want = {"/".join(str(getattr(k, "key", k)) for k in p): tuple(v.shape)
             for p, v in jax.tree_util.tree_leaves_with_path(dict(expected))}
     missing = sorted(set(want) - set(got))

@@ -64,7 +64,22 @@ def build_config(spec: str, overrides: Sequence[str] = ()) -> Any:
     config = load_config(spec)
     config = apply_overrides(config, overrides)
     validate_config(config)
-    return with_defaults(config)
+    config = with_defaults(config)
+    # fail before any work on typos in the sections that other modules own
+    from vosjax.objectives import make_objective
+    from vosjax.training.schema import stage_list
+    from vosjax.training.state import build_model
+
+    build_model(config.model)
+    make_objective(config.objective)
+    for _, stage in stage_list(config):
+        if stage.get("objective"):
+            make_objective(stage.objective)
+    if config.eval.source or config.inference:
+        from vosjax.inference import EngineConfig
+
+        EngineConfig.from_config(config.inference)
+    return config
 
 
 def _fmt(metrics: dict[str, float], keys: Sequence[str] = ()) -> str:
@@ -102,7 +117,10 @@ def train(config: Any, workdir: str | pathlib.Path, log: Callable[[str], None] |
         log = (lambda msg: tqdm.write(msg, file=sys.stdout)) if is_main else (lambda msg: None)
     workdir = pathlib.Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = parallel.make_mesh()
+    n_dev = int(config.parallel.num_devices)
+    if n_dev and jax.process_count() > 1:
+        raise VosjaxError("config: parallel.num_devices applies to single-process runs only; use 0.")
+    mesh = parallel.make_mesh(jax.local_devices()[:n_dev] if n_dev else None)
     model = build_model(config.model)
     stages = stage_list(config)
     bounds, total = [], 0
@@ -111,7 +129,7 @@ def train(config: Any, workdir: str | pathlib.Path, log: Callable[[str], None] |
         total += int(st.steps)
     log(
         f"vosjax.train: {config.model.name} / objective {config.objective.name}, stages "
-        f"{', '.join(f'{n}({s.steps})' for n, s in stages)}, {jax.device_count()} device(s) on "
+        f"{', '.join(f'{n}({s.steps})' for n, s in stages)}, {mesh.devices.size} device(s) on "
         f"{jax.process_count()} process(es) -> {workdir}"
     )
     if is_main:
@@ -242,7 +260,7 @@ def train(config: Any, workdir: str | pathlib.Path, log: Callable[[str], None] |
     base = evaluation.baseline(config) if final_eval is not None else None
     bundle = None
     if config.export.bundle:
-        bundle = export_bundle(workdir / "bundle", config, variables)
+        bundle = export_bundle(workdir / "bundle", config, bundle_variables(model, variables, config))
     writer.close()
     ckpt.close()
     elapsed = time.time() - t_start
@@ -274,6 +292,28 @@ def train(config: Any, workdir: str | pathlib.Path, log: Callable[[str], None] |
             lines.append(f"  bundle: {bundle}")
         log("\n".join(lines))
     return summary
+
+
+def bundle_variables(model: Any, variables: Any, config: Any) -> dict:
+    """What the bundle holds: the model's variables, plus ``"tracker"`` (the PT box tracker's
+    ``{"params"}``) from ``config.export.tracker``; a tracker run's own bundle is
+    ``{"tracker": {"params"}}``, the layout the inference engine reads."""
+    if model.name == "tracker":
+        return {"tracker": dict(variables)}
+    out = dict(variables)
+    if config.export.get("tracker"):
+        from vosjax.checkpoint import load_variables
+
+        tracker, _ = load_variables(config.export.tracker)
+        if "tracker" not in tracker:
+            from vosjax.errors import VosjaxError
+
+            raise VosjaxError(
+                f"config: export.tracker={config.export.tracker!r} is not the bundle of a tracker "
+                "run (configs/tracker.py); it has no 'tracker' variables."
+            )
+        out["tracker"] = tracker["tracker"]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

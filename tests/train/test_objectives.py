@@ -64,7 +64,7 @@ def np_boot_ce(agg, labels, valid, top_p):
         for (i, j), lab in np.ndenumerate(labels[b]):
             vals.append(lse[i, j] - a[lab, i, j])
     vals = np.sort(np.asarray(vals))[::-1]
-    k = min(max(int(round(top_p * len(vals))), 1), len(vals))
+    k = min(max(round(top_p * len(vals)), 1), len(vals))
     return vals[:k].mean()
 
 

@@ -18,10 +18,11 @@ stage_order     the stage names in run order (ConfigDict sorts its keys, so
                 the order is spelled out); may be omitted with one stage
 init            ``backbones``: {backbone name of ``model.backbone_paths()``: folder
                 of a converted ImageNet backbone}; ``checkpoint``: a bundle
-                folder (or a run workdir holding ``bundle/``) to copy parameters
-                from; ``include``: regexes over parameter paths choosing what to
-                copy from it (empty: everything), e.g. ``("^decoder/",)`` for
-                TrickVOS decoder pretraining (Trick 2)
+                folder (or a run workdir holding ``bundle/``) to copy variables
+                from; ``include``: regexes over variable paths
+                ``"collection/module/.../leaf"`` choosing what to copy (empty:
+                everything), or ``"@decoder"`` for the model's decoder (TrickVOS
+                decoder pretraining, Trick 2)
 eval            ``every_steps`` (0: only at the end), ``at_end``, ``source`` (a
                 make_source mapping; empty: no evaluation), ``max_videos``,
                 ``baseline`` (also score copy-the-first-mask)
@@ -30,8 +31,11 @@ checkpoint      ``every_steps``, ``keep`` (latest N), ``keep_best`` (best N by
                 ``best_metric``)
 log             ``every_steps``, ``progress`` (tqdm bar)
 parallel        ``fsdp`` (shard large parameters over the data axis),
-                ``fsdp_min_size`` (elements)
-export          ``bundle``: write ``WORKDIR/bundle`` at the end
+                ``fsdp_min_size`` (elements), ``num_devices`` (use the first N
+                devices of each process; 0: all)
+export          ``bundle``: write ``WORKDIR/bundle`` at the end; ``tracker``: a
+                bundle of a configs/tracker.py run whose MLP is added to this
+                bundle as ``variables["tracker"]`` (for ``box_filter = "pt"``)
 ==============  ==================================================================
 """
 
@@ -61,8 +65,8 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "eval": {"every_steps": 0, "at_end": True, "source": {}, "max_videos": 0, "baseline": True},
     "checkpoint": {"every_steps": 1000, "keep": 3, "keep_best": 1, "best_metric": "J&F-Mean"},
     "log": {"every_steps": 50, "progress": True},
-    "parallel": {"fsdp": False, "fsdp_min_size": 2**16},
-    "export": {"bundle": True},
+    "parallel": {"fsdp": False, "fsdp_min_size": 2**16, "num_devices": 0},
+    "export": {"bundle": True, "tracker": ""},
 }
 TOP_FIELDS = ("seed", "model", "objective", "stages", "stage_order", "inference") + tuple(
     SECTION_DEFAULTS

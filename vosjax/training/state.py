@@ -15,8 +15,10 @@ the stage's batch shape (seeded by ``config.seed``), then
    ``batch_stats``); architecture, input channels and every shape must match.
 2. Parameters from another run (``config.init.checkpoint``, a bundle): the
    leaves whose path matches one of ``config.init.include`` (all when empty)
-   are copied, everything else keeps its fresh initialisation. TrickVOS'
-   decoder pretraining (Trick 2) is ``include = ("^decoder/",)``.
+   are copied, everything else keeps its fresh initialisation. Patterns
+   match ``"collection/module/.../leaf"`` paths; ``"@decoder"`` stands for the
+   model's ``decoder_paths()``, so TrickVOS' decoder pretraining (Trick 2) is
+   ``include = ("@decoder",)``.
 
 The train step (:func:`make_train_step`) is one ``jax.jit`` with explicit
 shardings: state replicated (or FSDP-sharded), batch split over the data
@@ -197,6 +199,25 @@ def copy_from_bundle(variables: dict, path: str, include: tuple[str, ...]) -> tu
     return out, copied
 
 
+def expand_include(model: Any, include: tuple[str, ...]) -> tuple[str, ...]:
+    """``init.include`` with ``"@decoder"`` replaced by regexes of ``model.decoder_paths()``.
+
+    Patterns match variable paths ``"collection/module/.../leaf"`` (e.g.
+    ``"params/decoder/up_16_8/conv1/kernel"``).
+    """
+    out = []
+    for pat in include:
+        if pat == "@decoder":
+            if not hasattr(model, "decoder_paths"):
+                raise VosjaxError(f"config: init.include '@decoder': model {model.name!r} names no decoder.")
+            out += [f"^[^/]+/{re.escape('/'.join(p))}/" for p in model.decoder_paths()]
+        elif pat.startswith("@"):
+            raise VosjaxError(f"config: init.include {pat!r}: the only named group is '@decoder'.")
+        else:
+            out.append(pat)
+    return tuple(out)
+
+
 def init_variables(model: Any, config: Any, data_cfg: Any, log: Callable[[str], None] = print) -> dict:
     """Fresh variables of ``model`` for ``data_cfg``'s batch shape, then the config's inits."""
     rng = jax.random.fold_in(jax.random.key(int(config.seed)), 0)
@@ -208,7 +229,7 @@ def init_variables(model: Any, config: Any, data_cfg: Any, log: Callable[[str], 
         variables = load_backbones(model, variables, backbones)
         log(f"init: ImageNet backbones {', '.join(f'{k} <- {v}' for k, v in backbones.items())}")
     if init.get("checkpoint"):
-        include = tuple(init.get("include", ()) or ())
+        include = expand_include(model, tuple(init.get("include", ()) or ()))
         variables, n = copy_from_bundle(variables, init["checkpoint"], include)
         log(f"init: {n} arrays from {init['checkpoint']} ({'matching ' + str(include) if include else 'all'})")
     return variables
