@@ -32,6 +32,7 @@ from vosjax.models.base import SegmentOptions
 from vosjax.ops.aggregate import labels_to_one_hot, soft_aggregate
 
 __all__ = [
+    "Batch",
     "Prepared",
     "Rollout",
     "aggregate",
@@ -45,6 +46,10 @@ __all__ = [
 
 TRAIN_OPTIONS = SegmentOptions(top_k=None, segment_len=None, train=True)
 """Training-time segmentation: dense readout (no top-k), no progressive matching."""
+
+Batch = Mapping[str, Array]
+"""A training batch: ``frames uint8[B, T, H, W, 3]``, ``labels int32[B, T, H, W]``,
+``obj_valid bool[B, O]`` (plus the pipeline's bookkeeping fields, unused here)."""
 
 ObjectiveFn = Callable[..., tuple[Array, dict[str, Array]]]
 
@@ -73,7 +78,7 @@ class Prepared:
     obj_valid: Bool[Array, "B O"]
 
 
-def prepare_batch(batch: Mapping[str, Array], dtype: Any = jnp.float32) -> Prepared:
+def prepare_batch(batch: Batch, dtype: Any = jnp.float32) -> Prepared:
     """Normalise frames (ImageNet) and expand labels into per-object masks ``[B, O, T, H, W]``."""
     for key in ("frames", "labels", "obj_valid"):
         if key not in batch:

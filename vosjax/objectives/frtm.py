@@ -18,12 +18,21 @@ its gradient; the configs also freeze it in the optimizer).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 import optax
+from jaxtyping import Array, Float, Int
 
 from vosjax.errors import VosjaxError
-from vosjax.objectives.common import TRAIN_OPTIONS, hard_iou, prepare_batch, rollout, take_frames
+from vosjax.objectives.common import (
+    TRAIN_OPTIONS,
+    Batch,
+    hard_iou,
+    prepare_batch,
+    rollout,
+    take_frames,
+)
 
 __all__ = ["FRTMOptions", "frtm_objective"]
 
@@ -33,7 +42,10 @@ class FRTMOptions:
     """FRTM has no loss options (BCE); the class exists so that typos are caught."""
 
 
-def frtm_objective(model, variables, batch, rng, step, *, options: FRTMOptions = FRTMOptions()):
+def frtm_objective(
+    model: Any, variables: Any, batch: Batch, rng: Array, step: Int[Array, ""] | int, *,
+    options: FRTMOptions = FRTMOptions(),
+) -> tuple[Float[Array, ""], dict[str, Array]]:
     """FRTM: target model fitted on the reference, BCE on the validation frames."""
     del rng, step, options
     prep = prepare_batch(batch)

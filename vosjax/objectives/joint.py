@@ -19,13 +19,22 @@ cosine per (video, object), averaged over valid objects) and lambda = 0.01.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
 
 from vosjax import losses
 from vosjax.errors import VosjaxError
-from vosjax.objectives.common import TRAIN_OPTIONS, hard_iou, prepare_batch, rollout, take_frames
+from vosjax.objectives.common import (
+    TRAIN_OPTIONS,
+    Batch,
+    hard_iou,
+    prepare_batch,
+    rollout,
+    take_frames,
+)
 
 __all__ = ["JOINTOptions", "joint_objective"]
 
@@ -37,7 +46,10 @@ class JOINTOptions:
     cosine_weight: float = 0.01
 
 
-def joint_objective(model, variables, batch, rng, step, *, options: JOINTOptions = JOINTOptions()):
+def joint_objective(
+    model: Any, variables: Any, batch: Batch, rng: Array, step: Int[Array, ""] | int, *,
+    options: JOINTOptions = JOINTOptions(),
+) -> tuple[Float[Array, ""], dict[str, Array]]:
     """JOINT: per-frame rollout with a template per frame, Lovasz + cosine decoupling."""
     del rng, step
     prep = prepare_batch(batch)

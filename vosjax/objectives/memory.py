@@ -40,12 +40,13 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
-from jaxtyping import Array
+from jaxtyping import Array, Float, Int
 
 from vosjax import losses
 from vosjax.errors import VosjaxError
 from vosjax.objectives.common import (
     TRAIN_OPTIONS,
+    Batch,
     aggregate,
     hard_iou,
     prepare_batch,
@@ -122,7 +123,10 @@ def _check_frames(fn: str, prep, minimum: int) -> int:
     return T
 
 
-def stcn_objective(model, variables, batch, rng, step, *, options: STCNOptions = STCNOptions()):
+def stcn_objective(
+    model: Any, variables: Any, batch: Batch, rng: Array, step: Int[Array, ""] | int, *,
+    options: STCNOptions = STCNOptions(),
+) -> tuple[Float[Array, ""], dict[str, Array]]:
     """STCN: per-frame propagation, bootstrapped cross entropy (module docstring)."""
     del rng
     prep = prepare_batch(batch)
@@ -134,7 +138,10 @@ def stcn_objective(model, variables, batch, rng, step, *, options: STCNOptions =
     return ce, {"ce": ce, "top_p": p, "iou": hard_iou(r.probs, masks, prep.obj_valid)}
 
 
-def trickvos_objective(model, variables, batch, rng, step, *, options: TrickVOSOptions = TrickVOSOptions()):
+def trickvos_objective(
+    model: Any, variables: Any, batch: Batch, rng: Array, step: Int[Array, ""] | int, *,
+    options: TrickVOSOptions = TrickVOSOptions(),
+) -> tuple[Float[Array, ""], dict[str, Array]]:
     """TrickVOS: per-frame propagation, hybrid loss CE + SSIM + IoU (module docstring)."""
     del rng
     prep = prepare_batch(batch)
@@ -160,7 +167,10 @@ def _cycle_term(agg, probs, labels, masks, p, gamma, obj_valid):
     return iou + gamma * losses.bootstrapped_ce(agg, labels, p, obj_valid), iou
 
 
-def cyclic_objective(model, variables, batch, rng, step, *, options: CyclicOptions = CyclicOptions()):
+def cyclic_objective(
+    model: Any, variables: Any, batch: Batch, rng: Array, step: Int[Array, ""] | int, *,
+    options: CyclicOptions = CyclicOptions(),
+) -> tuple[Float[Array, ""], dict[str, Array]]:
     """Cyclic VOS: forward propagation, then frame 0 predicted back from the last frame."""
     del rng
     prep = prepare_batch(batch)
@@ -200,7 +210,10 @@ def cyclic_objective(model, variables, batch, rng, step, *, options: CyclicOptio
     }
 
 
-def pcvos_objective(model, variables, batch, rng, step, *, options: PCVOSOptions = PCVOSOptions()):
+def pcvos_objective(
+    model: Any, variables: Any, batch: Batch, rng: Array, step: Int[Array, ""] | int, *,
+    options: PCVOSOptions = PCVOSOptions(),
+) -> tuple[Float[Array, ""], dict[str, Array]]:
     """PCVOS per-clip training: clip-by-clip with its own predictions as memory, Dice + CE."""
     del rng
     prep = prepare_batch(batch)

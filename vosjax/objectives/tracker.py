@@ -23,10 +23,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
 
 from vosjax.errors import VosjaxError
 from vosjax.models import tracker as tracker_lib
-from vosjax.objectives.common import prepare_batch
+from vosjax.objectives.common import Batch, prepare_batch
 from vosjax.ops.boxes import mask_to_box
 
 __all__ = ["TrackerModel", "TrackerOptions", "gt_box_tracks", "tracker_objective"]
@@ -63,7 +64,10 @@ def gt_box_tracks(masks: jax.Array) -> jax.Array:
     return mask_to_box(masks > 0.5)
 
 
-def tracker_objective(model, variables, batch, rng, step, *, options: TrackerOptions = TrackerOptions()):
+def tracker_objective(
+    model: Any, variables: Any, batch: Batch, rng: Array, step: Int[Array, ""] | int, *,
+    options: TrackerOptions = TrackerOptions(),
+) -> tuple[Float[Array, ""], dict[str, Array]]:
     """PT tracker: one-step box prediction along ground-truth tracks, under-size weighted L1."""
     del rng, step
     prep = prepare_batch(batch)

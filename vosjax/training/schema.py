@@ -76,7 +76,8 @@ DATA_FIELDS = ("source",) + tuple(f.name for f in dataclasses.fields(TrainDataCo
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with every optional section / field filled in."""
+    """A copy of ``config`` with every optional section / field filled in (so that each can be
+    overridden on the command line), including every data-pipeline field of each stage."""
     d = config.to_dict()
     d.setdefault("seed", 0)
     d.setdefault("inference", {})
@@ -85,10 +86,31 @@ def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         check_fields(given, defaults, section)
         d[section] = {**defaults, **given}
     for name, stage in (d.get("stages") or {}).items():
-        if isinstance(stage, dict) and "optim" in stage:
+        if not isinstance(stage, dict):
+            continue
+        if "optim" in stage:
             check_fields(stage["optim"], OPTIM_FIELDS, f"stages.{name}.optim")
             stage["optim"] = {**OPTIM_FIELDS, **stage["optim"]}
+        if isinstance(stage.get("data"), dict):
+            check_fields(stage["data"], DATA_FIELDS, f"stages.{name}.data")
+            data = {**_data_defaults(), **stage["data"]}
+            for key in ("augment", "deform"):
+                if isinstance(stage["data"].get(key), dict):
+                    data[key] = {**_data_defaults()[key], **stage["data"][key]}
+            stage["data"] = data
     return ml_collections.ConfigDict(d, type_safe=False)
+
+
+def _data_defaults() -> dict[str, Any]:
+    """Every :class:`TrainDataConfig` field at its default (``augment`` / ``deform`` as mappings)."""
+    cfg = TrainDataConfig()
+    out = {}
+    for f in dataclasses.fields(TrainDataConfig):
+        if f.name == "total_steps":  # the stage's steps unless given (data_pipeline_config)
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+    return out
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
