@@ -104,7 +104,9 @@ def find_annotation_root(gt: os.PathLike, resolution: str = "480p") -> pathlib.P
 
 
 def _pngs(folder: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")
+    )
 
 
 def _list_sequences(
@@ -122,7 +124,9 @@ def _list_sequences(
 
         names = read_sequence_list(lst)
     else:
-        names = sorted(p.name for p in ann_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = sorted(
+            p.name for p in ann_root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
     if not names:
         raise VosjaxError(f"evaluate: no sequences found under {ann_root}.")
     if len(set(names)) != len(names):
@@ -218,7 +222,9 @@ def score_sequence(
             )
         pred[t] = labels
     if not ids:
-        return metrics.SequenceScores((), np.zeros((0, len(stems) - 2)), np.zeros((0, len(stems) - 2)))
+        return metrics.SequenceScores(
+            (), np.zeros((0, len(stems) - 2)), np.zeros((0, len(stems) - 2))
+        )
     return metrics.evaluate_sequence(gt, pred, object_ids=ids, void_label=None)
 
 

@@ -84,7 +84,9 @@ def _video_frames(path: pathlib.Path) -> Iterator[tuple[str, np.ndarray]]:
     try:
         import imageio.v3 as iio
     except ImportError as e:  # pragma: no cover - imageio ships with scikit-image
-        raise VosjaxError("segment: --video needs the imageio package (pip install imageio).") from e
+        raise VosjaxError(
+            "segment: --video needs the imageio package (pip install imageio)."
+        ) from e
     try:
         it = iio.imiter(path)
         for i, frame in enumerate(it):
@@ -115,7 +117,11 @@ def _subdirs(folder: pathlib.Path) -> list[pathlib.Path]:
 def _mask_files(folder: pathlib.Path | None) -> dict[str, pathlib.Path]:
     if folder is None or not folder.is_dir():
         return {}
-    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")}
+    return {
+        p.stem: p
+        for p in folder.iterdir()
+        if p.suffix.lower() == ".png" and not p.name.startswith(".")
+    }
 
 
 def find_sequences(
@@ -168,12 +174,16 @@ def find_sequences(
     for n in names:
         files = _images(img_root / n)
         if not files:
-            raise VosjaxError(f"segment: sequence folder {img_root / n} holds no .jpg / .png frames.")
+            raise VosjaxError(
+                f"segment: sequence folder {img_root / n} holds no .jpg / .png frames."
+            )
         out.append(SequenceInput(n, files, None, _mask_files(masks_root / n)))
     return out
 
 
-def _given_masks(seq: SequenceInput, frame_size: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+def _given_masks(
+    seq: SequenceInput, frame_size: tuple[int, int]
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     """First-appearance masks by frame name, the palette, and the number of objects."""
     from vosjax.data.io import davis_palette, fit_mask_to_frame, read_label_png
 
@@ -347,13 +357,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="480p", help="JPEGImages sub-folder of a DAVIS root")
     p.add_argument("--clip-length", type=int, default=None, help="L: 1 per-frame, >1 per-clip")
     p.add_argument("--top-k", type=int, default=None, help="memory top-k (0: dense)")
-    p.add_argument("--correction", type=int, default=None, metavar="K",
-                   help="gradient correction every K frames (0: off)")
+    p.add_argument(
+        "--correction",
+        type=int,
+        default=None,
+        metavar="K",
+        help="gradient correction every K frames (0: off)",
+    )
     p.add_argument("--box-filter", choices=("cv", "pt", "none"), default=None)
-    p.add_argument("--size", dest="resolution_px", type=int, default=None,
-                   help="test-time size: shorter side in pixels")
-    p.add_argument("--engine", action="append", metavar="FIELD=VALUE",
-                   help="any EngineConfig field, e.g. --engine mem_every=10 (repeatable)")
+    p.add_argument(
+        "--size",
+        dest="resolution_px",
+        type=int,
+        default=None,
+        help="test-time size: shorter side in pixels",
+    )
+    p.add_argument(
+        "--engine",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="any EngineConfig field, e.g. --engine mem_every=10 (repeatable)",
+    )
     p.add_argument("--overlay", action="store_true", help="also write overlay JPEGs")
     p.add_argument("--mp4", action="store_true", help="also write an overlay mp4 per sequence")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -373,7 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         total = 0
         for seq in seqs:
             total += segment_sequence(
-                engine, variables, seq, args.out, overlay=args.overlay, mp4=args.mp4,
+                engine,
+                variables,
+                seq,
+                args.out,
+                overlay=args.overlay,
+                mp4=args.mp4,
                 progress=not args.quiet,
             )
     except VosjaxError as e:

@@ -20,7 +20,9 @@ def random_variables(model, seed: int = 0, size: int = 64):
     variances one and running means zero (a well-conditioned random network).
     """
     abstract = jax.eval_shape(
-        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 2, size, size, 3), jnp.float32),
+        model.init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 2, size, size, 3), jnp.float32),
         jax.ShapeDtypeStruct((1, 1, 2, size, size), jnp.float32),
         jax.ShapeDtypeStruct((1, 1), jnp.bool_),
     )

@@ -83,21 +83,46 @@ def _read_csv(path: pathlib.Path) -> list[list[str]]:
 def test_csvs_equal_in_process_metrics(dataset, tmp_path):
     root, res, gts, preds = dataset
     out = tmp_path / "out"
-    assert evaluate.main(["--gt", str(root), "--results", str(res), "--out", str(out),
-                          "--workers", "2", "--quiet", "--precision", "6"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--gt",
+                str(root),
+                "--results",
+                str(res),
+                "--out",
+                str(out),
+                "--workers",
+                "2",
+                "--quiet",
+                "--precision",
+                "6",
+            ]
+        )
+        == 0
+    )
     want = _in_process(gts, preds, ["alpha", "bravo", "charlie"])
     rows = _read_csv(out / "global_results.csv")
     assert rows[0] == list(metrics.GLOBAL_MEASURES)
     got = [float(x) for x in rows[1]]
-    np.testing.assert_allclose(got, [want.global_metrics[k] for k in metrics.GLOBAL_MEASURES],
-                               atol=5e-7)
+    np.testing.assert_allclose(
+        got, [want.global_metrics[k] for k in metrics.GLOBAL_MEASURES], atol=5e-7
+    )
     per = _read_csv(out / "per-sequence_results.csv")
     assert per[0] == ["Sequence", "J-Mean", "F-Mean"]
     assert [r[0] for r in per[1:]] == [
-        "alpha_1", "alpha_2", "bravo_1", "bravo_2", "charlie_1", "charlie_2"
+        "alpha_1",
+        "alpha_2",
+        "bravo_1",
+        "bravo_2",
+        "charlie_1",
+        "charlie_2",
     ]
-    np.testing.assert_allclose([[float(r[1]), float(r[2])] for r in per[1:]],
-                               [[j, f] for _, j, f in want.per_object], atol=5e-7)
+    np.testing.assert_allclose(
+        [[float(r[1]), float(r[2])] for r in per[1:]],
+        [[j, f] for _, j, f in want.per_object],
+        atol=5e-7,
+    )
     # The scores are not trivial: the shifted, noisy masks are imperfect but close.
     assert 0.3 < want.global_metrics["J-Mean"] < 0.99
     assert not (res / "global_results.csv").exists()
@@ -109,8 +134,22 @@ def test_default_out_is_results_folder_and_official_precision(dataset, tmp_path)
     for n in ("alpha", "charlie"):
         _write_seq(res_copy / n, preds[n])
     # --split reads ImageSets/2017/val.txt (alpha, charlie).
-    assert evaluate.main(["--gt", str(root), "--results", str(res_copy), "--split", "val",
-                          "--workers", "1", "--quiet"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--gt",
+                str(root),
+                "--results",
+                str(res_copy),
+                "--split",
+                "val",
+                "--workers",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = _read_csv(res_copy / "global_results.csv")
     want = _in_process(gts, preds, ["alpha", "charlie"])
     assert rows[1] == [f"{want.global_metrics[k]:.3f}" for k in metrics.GLOBAL_MEASURES]
@@ -212,9 +251,25 @@ def test_module_entry_point_runs(dataset, tmp_path):
     root, res, *_ = dataset
     out = tmp_path / "o"
     proc = subprocess.run(
-        [sys.executable, "-m", "vosjax.evaluate", "--gt", str(root), "--results", str(res),
-         "--out", str(out), "--sequences", "alpha", "--workers", "1"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "vosjax.evaluate",
+            "--gt",
+            str(root),
+            "--results",
+            str(res),
+            "--out",
+            str(out),
+            "--sequences",
+            "alpha",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "J&F-Mean" in proc.stdout and "alpha_2" in proc.stdout

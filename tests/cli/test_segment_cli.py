@@ -46,8 +46,22 @@ def _read_csv(path):
 def test_segment_then_evaluate_matches_in_process(bundle, source, tmp_path):
     root = write_davis_layout(source, tmp_path / "davis", split="val", image_format="png")
     out = tmp_path / "results"
-    assert segment.main(["--checkpoint", str(bundle), "--frames", str(root), "--masks", str(root),
-                         "--out", str(out), "--quiet"]) == 0
+    assert (
+        segment.main(
+            [
+                "--checkpoint",
+                str(bundle),
+                "--frames",
+                str(root),
+                "--masks",
+                str(root),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     # One PNG per frame, the input palette, the source's ids.
     for i in range(len(source)):
         v = source[i]
@@ -61,17 +75,37 @@ def test_segment_then_evaluate_matches_in_process(bundle, source, tmp_path):
         for k in late:  # nothing is labelled with an object before it appears
             for t in range(v.first_frame[k]):
                 assert not np.any(read_label_png(files[t])[0] == k)
-    assert evaluate.main(["--gt", str(root), "--results", str(out), "--workers", "1", "--quiet",
-                          "--precision", "6"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--gt",
+                str(root),
+                "--results",
+                str(out),
+                "--workers",
+                "1",
+                "--quiet",
+                "--precision",
+                "6",
+            ]
+        )
+        == 0
+    )
     rows = _read_csv(out / "global_results.csv")
     model, variables, run = load_bundle(bundle)
     want = evaluate_source(model, variables, source, EngineConfig.from_config(run.inference))
-    np.testing.assert_allclose([float(x) for x in rows[1]],
-                               [want.global_metrics[k] for k in metrics.GLOBAL_MEASURES], atol=5e-7)
+    np.testing.assert_allclose(
+        [float(x) for x in rows[1]],
+        [want.global_metrics[k] for k in metrics.GLOBAL_MEASURES],
+        atol=5e-7,
+    )
     per = _read_csv(out / "per-sequence_results.csv")[1:]
     assert [r[0] for r in per] == [r[0] for r in want.per_object]
-    np.testing.assert_allclose([[float(r[1]), float(r[2])] for r in per],
-                               [[j, f] for _, j, f in want.per_object], atol=5e-7)
+    np.testing.assert_allclose(
+        [[float(r[1]), float(r[2])] for r in per],
+        [[j, f] for _, j, f in want.per_object],
+        atol=5e-7,
+    )
 
 
 def test_demo_sequences_smoke(bundle, davis_demo, tmp_path):
@@ -79,10 +113,29 @@ def test_demo_sequences_smoke(bundle, davis_demo, tmp_path):
     out = tmp_path / "out"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code = segment.main(["--checkpoint", str(bundle), "--frames", str(davis_demo),
-                             "--masks", str(davis_demo), "--out", str(out), "--sequences", "bike",
-                             "judo", "--size", "64", "--clip-length", "4", "--overlay", "--quiet",
-                             "--engine", "bucket_objects=False"])
+        code = segment.main(
+            [
+                "--checkpoint",
+                str(bundle),
+                "--frames",
+                str(davis_demo),
+                "--masks",
+                str(davis_demo),
+                "--out",
+                str(out),
+                "--sequences",
+                "bike",
+                "judo",
+                "--size",
+                "64",
+                "--clip-length",
+                "4",
+                "--overlay",
+                "--quiet",
+                "--engine",
+                "bucket_objects=False",
+            ]
+        )
     assert code == 0
     assert any(issubclass(w.category, DataWarning) and "853x480" in str(w.message) for w in caught)
     ann = davis_demo / "Annotations" / "480p"
@@ -116,8 +169,22 @@ def test_video_file_input(bundle, tmp_path):
     m[4:12, 6:20] = 3
     write_label_png(masks / "00000.png", m, davis_palette())
     out = tmp_path / "out"
-    assert segment.main(["--checkpoint", str(bundle), "--video", str(video), "--masks", str(masks),
-                         "--out", str(out), "--quiet"]) == 0
+    assert (
+        segment.main(
+            [
+                "--checkpoint",
+                str(bundle),
+                "--video",
+                str(video),
+                "--masks",
+                str(masks),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     files = sorted((out / "clip").glob("*.png"))
     assert [p.stem for p in files] == [f"{i:05d}" for i in range(5)]
     first = read_label_png(files[0])[0]
@@ -132,16 +199,39 @@ def test_errors_exit_with_a_message(bundle, tmp_path, capsys):
 
     write_image(frames / "00000.png", np.zeros((16, 16, 3), np.uint8))
     (tmp_path / "masks").mkdir()
-    args = ["--checkpoint", str(bundle), "--frames", str(frames), "--masks", str(tmp_path / "masks"),
-            "--out", str(tmp_path / "o"), "--quiet"]
+    args = [
+        "--checkpoint",
+        str(bundle),
+        "--frames",
+        str(frames),
+        "--masks",
+        str(tmp_path / "masks"),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+    ]
     assert segment.main(args) == 2
     assert "has no mask files" in capsys.readouterr().err
     assert segment.main(args + ["--engine", "top_kk=3"]) == 2
     assert "unknown field 'top_kk'" in capsys.readouterr().err
     assert segment.main(args[:2] + ["--frames", str(tmp_path / "nope")] + args[4:]) == 2
     assert "--frames folder not found" in capsys.readouterr().err
-    assert segment.main(["--checkpoint", str(tmp_path), "--frames", str(frames), "--masks",
-                         str(frames), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert (
+        segment.main(
+            [
+                "--checkpoint",
+                str(tmp_path),
+                "--frames",
+                str(frames),
+                "--masks",
+                str(frames),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "bundle" in capsys.readouterr().err
 
 
@@ -149,8 +239,24 @@ def test_errors_exit_with_a_message(bundle, tmp_path, capsys):
 def test_demo_full_resolution_all_sequences(bundle, davis_demo, tmp_path):
     """All four demo sequences at 480 x 854, per-clip (L = 5)."""
     out = tmp_path / "out"
-    assert segment.main(["--checkpoint", str(bundle), "--frames", str(davis_demo), "--masks",
-                         str(davis_demo), "--out", str(out), "--clip-length", "5", "--quiet"]) == 0
+    assert (
+        segment.main(
+            [
+                "--checkpoint",
+                str(bundle),
+                "--frames",
+                str(davis_demo),
+                "--masks",
+                str(davis_demo),
+                "--out",
+                str(out),
+                "--clip-length",
+                "5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     counts = {"bike": 4, "dog": 60, "drift-straight": 50, "judo": 16}
     for seq, n in counts.items():
         files = sorted((out / seq).glob("*.png"))

@@ -5,7 +5,8 @@ network that has one parameter: keys are the average ImageNet-normalised
 colour of ``stride x stride`` cells (times ``params["scale"]``), values the
 average mask of each object over the cell, the readout is
 :func:`vosjax.ops.memory.readout` over a keep-first :class:`MemoryBank`, and
-the per-object probabilities are the read-out values resized to the frame.
+the per-object logits are ``10 * (v - 0.5)`` of the read-out values ``v`` resized
+to the frame.
 On videos of uniformly coloured objects it tracks well, so engine logic can be
 checked end to end; it also records, per ``memorize`` call, the ``write`` and
 ``refit`` flags it received (``memory["history"]``), which the schedule tests read.
@@ -66,8 +67,9 @@ class ColorMemory(VOSModel):
             "calls": jnp.zeros((batch,), jnp.int32),
         }
 
-    def memorize(self, variables, memory, frames, masks, obj_valid, feats, write, refit=None, *,
-                 train=False):
+    def memorize(
+        self, variables, memory, frames, masks, obj_valid, feats, write, refit=None, *, train=False
+    ):
         refit = write if refit is None else refit
         values = self.encode_value(variables, frames, masks, obj_valid, feats)
         b, o, t, h, w, _ = values.shape
@@ -90,15 +92,18 @@ class ColorMemory(VOSModel):
         o = values.shape[-1]
         if options.segment_len is not None:
             r = mem_ops.progressive_readout(
-                keys, values, key.reshape(b, t, h * w, 3), options.segment_len, options.top_k,
+                keys,
+                values,
+                key.reshape(b, t, h * w, 3),
+                options.segment_len,
+                options.top_k,
                 valid,
             )
         else:
             r = mem_ops.readout(keys, values, key.reshape(b, t * h * w, 3), options.top_k, valid)
         p = jnp.moveaxis(r.reshape(b, t, h, w, o), -1, 1)  # [B, O, T, h, w]
         p = jax.image.resize(p, (b, o, t, hh, ww), "linear")
-        p = jnp.clip(p, 1e-4, 1 - 1e-4)
-        logits = jnp.log(p) - jnp.log1p(-p)
+        logits = 10.0 * (p - 0.5)  # linear in the read-out: finite with a gradient everywhere
         return jnp.where(obj_valid[:, :, None, None, None], logits, INVALID_LOGIT)
 
 
@@ -106,7 +111,9 @@ def random_variables(model, seed: int = 0, size: int = 64):
     """Random variables of a real model without compiling its ``init`` (shapes from eval_shape):
     weights ``N(0, 1 / fan_in)``, zero biases and running means, unit scales and variances."""
     abstract = jax.eval_shape(
-        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 2, size, size, 3), jnp.float32),
+        model.init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 2, size, size, 3), jnp.float32),
         jax.ShapeDtypeStruct((1, 1, 2, size, size), jnp.float32),
         jax.ShapeDtypeStruct((1, 1), jnp.bool_),
     )
@@ -149,7 +156,7 @@ def make_video(
     hh, ww = size
     frames = np.broadcast_to(COLORS[0], (num_frames, hh, ww, 3)).copy()
     labels = np.zeros((num_frames, hh, ww), np.uint8)
-    side = max(6, min(hh, ww) // 5)
+    side = max(6, min(hh, ww) // 4)
     for k, t0 in enumerate(appear):
         y0, x0 = rng.uniform(0, hh - side), rng.uniform(0, ww - side)
         vy, vx = rng.uniform(-1, 1, 2) * speed
@@ -183,6 +190,22 @@ def toy_model() -> ColorMemory:
 @pytest.fixture(scope="session")
 def toy_variables(toy_model):
     return toy_model.init(None, None, None, None)
+
+
+@pytest.fixture(scope="session")
+def toy_engine(toy_model):
+    """``get(config) -> Engine`` of the stand-in model, one per config for the whole session,
+    so tests with equal configs and frame sizes share one compiled step."""
+    from vosjax.inference import Engine
+
+    cache: dict = {}
+
+    def get(config):
+        if config not in cache:
+            cache[config] = Engine(toy_model, config)
+        return cache[config]
+
+    return get
 
 
 @pytest.fixture(scope="session")

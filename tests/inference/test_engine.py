@@ -21,6 +21,8 @@ from vosjax.models.base import SegmentOptions
 from vosjax.ops import boxes
 
 EPS = 1e-7
+SIZE = (48, 64)  # most tests share this frame size and BASE, so they share compiled steps
+BASE = EngineConfig(max_objects=4, bucket_objects=False, return_probs=True)
 
 
 def _aggregate_np(p: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -41,23 +43,38 @@ def reference_run(model, variables, frames, given, num_slots, mem_every, capacit
     ``capacity`` frames; frame t is written when t - last_write >= mem_every or
     masks are given at t. Returns aggregated probabilities [T, O+1, H, W].
     """
+    # The model's own functions, each compiled once (the orchestration below is plain Python).
+    encode = jax.jit(
+        lambda frame: model.encode_key(variables, normalize_frames(jnp.asarray(frame))[None, None])
+    )
+    memorize = jax.jit(
+        lambda mem, frame, masks, feats: model.memorize(
+            variables,
+            mem,
+            normalize_frames(frame)[None, None],
+            masks[None, :, None],
+            jnp.ones((1, num_slots), bool),
+            feats,
+            jnp.ones(1, bool),
+        )
+    )
+    segment = jax.jit(
+        lambda mem, feats, valid: model.segment(
+            variables, mem, feats, valid[None], SegmentOptions(top_k=top_k)
+        )
+    )
     ids: list[int] = []
     valid = np.zeros(num_slots, bool)
     written: list[tuple[int, np.ndarray]] = []  # (t, P_obj [O, H, W])
     last_write = None
     out = []
     for t, frame in enumerate(frames):
-        x = normalize_frames(jnp.asarray(frame))[None, None]
-        feats = model.encode_key(variables, x)
+        feats = encode(frame)
         if written:
             mem = model.init_memory(variables, 1, num_slots, feats["key"].shape[2:4])
             for s, masks in written:
-                xs = normalize_frames(jnp.asarray(frames[s]))[None, None]
-                fs = model.encode_key(variables, xs)
-                mem = model.memorize(variables, mem, xs, jnp.asarray(masks)[None, :, None],
-                                     jnp.asarray(valid)[None] | True, fs, jnp.ones(1, bool))
-            logits = model.segment(variables, mem, feats, jnp.asarray(valid)[None],
-                                   SegmentOptions(top_k=top_k))
+                mem = memorize(mem, frames[s], masks, encode(frames[s]))
+            logits = segment(mem, feats, valid)
             p = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits[0, :, 0], np.float64), -50, 50)))
             p = np.where(valid[:, None, None], p, 0.0)
         else:
@@ -66,8 +83,10 @@ def reference_run(model, variables, frames, given, num_slots, mem_every, capacit
         if t in given:
             new = [int(k) for k in np.unique(given[t]) if k]
             ids += [k for k in new if k not in ids]
-            g = np.stack([given[t] == k for k in ids] + [np.zeros(frame.shape[:2], bool)] *
-                         (num_slots - len(ids))).astype(np.float64)
+            g = np.stack(
+                [given[t] == k for k in ids]
+                + [np.zeros(frame.shape[:2], bool)] * (num_slots - len(ids))
+            ).astype(np.float64)
             gslots = np.array([k in new for k in ids] + [False] * (num_slots - len(ids)))
             union = np.max(np.where(gslots[:, None, None], g, 0.0), axis=0)
             p = np.where(gslots[:, None, None], g, p * (1 - union))
@@ -83,33 +102,35 @@ def reference_run(model, variables, frames, given, num_slots, mem_every, capacit
     return np.stack(out)
 
 
-@pytest.mark.parametrize("mem_every, capacity", [(2, 3), (1, 2)])
-def test_per_frame_matches_reference(tk, mem_every, capacity):
-    frames, labels = tk.make_video(9, (32, 40), appear=(0, 0, 4), seed=1, noise=6)
+def test_per_frame_matches_reference(tk):
+    mem_every, capacity = 2, 3  # frames 0, 2, 4, ... written; the ring holds first + 2 latest
+    frames, labels = tk.make_video(9, SIZE, appear=(0, 0, 4), seed=1, noise=6)
     given = tk.first_masks(labels)
     model = tk.ColorMemory({"name": "colormem", "memory_frames": capacity})
     variables = model.init(None, None, None, None)
-    cfg = EngineConfig(max_objects=4, bucket_objects=False, memory_policy="every_k",
-                       mem_every=mem_every, top_k=5, return_probs=True)
+    cfg = BASE.replace(memory_policy="every_k", mem_every=mem_every, top_k=5)
     seg = VideoSegmenter((model, variables), cfg)
     preds = [p for t, f in enumerate(frames) for p in seg.step(f, given.get(t))]
     want = reference_run(model, variables, frames, given, 4, mem_every, capacity, 5)
     for t, p in enumerate(preds):  # K = 1 + objects seen so far
         np.testing.assert_allclose(p.probs, want[t, : p.probs.shape[0]], atol=2e-5)
-        np.testing.assert_allclose(want[t, p.probs.shape[0]:], 0.0, atol=1e-6)
+        np.testing.assert_allclose(want[t, p.probs.shape[0] :], 0.0, atol=1e-6)
     ref_labels = np.array([0, 1, 2, 3], np.uint8)[np.argmax(want, axis=1)]
     assert np.mean(np.stack([p.labels for p in preds]) != ref_labels) < 1e-3
     assert seg.engine.num_traces == 1
 
 
-def test_tracks_objects_and_preserves_ids(tk, toy_model, toy_variables):
-    frames, labels = tk.make_video(14, (64, 96), appear=(0, 0, 6), seed=2)
+def test_tracks_objects_and_preserves_ids(tk, toy_engine, toy_variables):
+    frames, labels = tk.make_video(14, SIZE, appear=(0, 0, 6), seed=2, speed=1.0)
     ids = np.array([0, 7, 3, 200], np.uint8)  # non-contiguous palette ids
     labels = ids[labels]
     given = tk.first_masks(labels)
-    engine = Engine(toy_model, EngineConfig(max_objects=4))
-    preds = list(run_video(engine, toy_variables, ((f, given.get(t)) for t, f in enumerate(frames)),
-                           num_objects=3))
+    engine = toy_engine(BASE)
+    preds = list(
+        run_video(
+            engine, toy_variables, ((f, given.get(t)) for t, f in enumerate(frames)), num_objects=3
+        )
+    )
     pred = np.stack([p.labels for p in preds])
     assert pred.dtype == np.uint8 and pred.shape == labels.shape
     assert set(np.unique(pred)) <= {0, 3, 7, 200}
@@ -117,7 +138,16 @@ def test_tracks_objects_and_preserves_ids(tk, toy_model, toy_variables):
     np.testing.assert_array_equal(pred[6][labels[6] == 200], 200)
     assert not np.any(pred[:6] == 200)  # no object before it appears
     scores = metrics.evaluate_sequence(labels, pred, object_ids=(7, 3, 200))
-    assert scores.j.mean() > 0.8, scores.j.mean(axis=1)
+    copy = np.zeros_like(labels)  # baseline: every object's first mask, copied forward
+    for t in range(len(labels)):
+        copy[t] = copy[t - 1] if t else 0
+        if t in given:
+            copy[t] = np.where(given[t] > 0, given[t], copy[t])
+    baseline = metrics.evaluate_sequence(labels, copy, object_ids=(7, 3, 200))
+    assert scores.j.mean() > max(0.6, baseline.j.mean() + 0.15), (
+        scores.j.mean(axis=1),
+        baseline.j.mean(axis=1),
+    )
     assert preds[0].object_ids == (3, 7) and preds[-1].object_ids == (3, 7, 200)
 
 
@@ -141,14 +171,14 @@ class _CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self)
 
 
-def test_no_compilation_after_the_first_step(tk, toy_model, toy_variables):
+def test_no_compilation_after_the_first_step(tk, toy_engine, toy_variables):
     with _CompileCounter() as probe:  # the counter does see compilations
         jax.jit(lambda x: x * 3 + 1)(jnp.arange(7.0))
     assert probe.count >= 1
-    frames, labels = tk.make_video(20, (32, 48), appear=(0, 5, 11), seed=3)
+    frames, labels = tk.make_video(12, SIZE, appear=(0, 5, 8), seed=3)
     given = tk.first_masks(labels)
-    for clip in (1, 4):
-        engine = Engine(toy_model, EngineConfig(max_objects=4, clip_length=clip, box_filter="cv"))
+    for clip, cfg in ((1, BASE.replace(box_filter="cv")), (5, BASE.replace(clip_length=5))):
+        engine = toy_engine(cfg)
         seg = VideoSegmenter((engine, toy_variables))
         n = len(seg.step(frames[0], given[0]))  # the first step compiles
         with _CompileCounter() as counter:
@@ -163,46 +193,37 @@ def test_no_compilation_after_the_first_step(tk, toy_model, toy_variables):
         assert engine.num_traces == 1
 
 
-def test_per_clip_equals_per_frame_with_first_frame_memory(tk, toy_variables):
-    """With only the first frame in memory every frame reads the same memory, so grouping
-    frames into clips (and cutting clips at late objects) must not change the result."""
-    model = tk.ColorMemory({"name": "colormem", "memory_frames": 1})
-    frames, labels = tk.make_video(13, (32, 48), appear=(0, 0, 6), seed=4)
-    given = tk.first_masks(labels)
-    outs = []
-    for clip in (1, 4, 5):
-        engine = Engine(model, EngineConfig(max_objects=4, clip_length=clip))
-        preds = list(run_video(engine, toy_variables, ((f, given.get(t)) for t, f in enumerate(frames))))
-        assert [p.index for p in preds] == list(range(len(frames)))
-        outs.append(np.stack([p.labels for p in preds]))
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
-
-
-def test_progressive_matching_option_reaches_the_model(tk, toy_model, toy_variables):
-    frames, labels = tk.make_video(11, (32, 48), appear=(0, 0), seed=5)
+def test_progressive_matching_option_reaches_the_model(tk, toy_engine, toy_variables):
+    frames, labels = tk.make_video(11, SIZE, appear=(0, 0), seed=5)
     given = tk.first_masks(labels)
     res = {}
     for f_len in (None, 2):
-        cfg = EngineConfig(max_objects=2, clip_length=5, segment_len=f_len, return_probs=True)
-        preds = list(run_video(Engine(toy_model, cfg), toy_variables,
-                               ((f, given.get(t)) for t, f in enumerate(frames))))
+        cfg = BASE.replace(clip_length=5, segment_len=f_len)
+        preds = list(
+            run_video(
+                toy_engine(cfg), toy_variables, ((f, given.get(t)) for t, f in enumerate(frames))
+            )
+        )
         res[f_len] = np.stack([p.probs for p in preds])
     # Frames of the first segment of each clip read the same memory; later ones differ.
     np.testing.assert_allclose(res[None][1:3], res[2][1:3], atol=1e-6)
     assert np.abs(res[None][3:6] - res[2][3:6]).max() > 1e-3
 
 
-def test_box_filter_is_algorithm1_on_the_predictions(tk, toy_model, toy_variables):
+def test_box_filter_is_algorithm1_on_the_predictions(tk, toy_engine, toy_variables):
     """Box filtering post-processes the predictions (the memory keeps the unfiltered ones):
     the engine's output equals vosjax.ops.boxes.filter_masks of its unfiltered output."""
-    frames, labels = tk.make_video(12, (48, 64), appear=(0, 0, 5), seed=6, speed=3.0)
+    frames, labels = tk.make_video(12, SIZE, appear=(0, 0, 5), seed=6, speed=3.0)
     given = tk.first_masks(labels)
     probs = {}
     for mode in (None, "cv"):
-        cfg = EngineConfig(max_objects=4, bucket_objects=False, box_filter=mode, return_probs=True)
-        preds = list(run_video(Engine(toy_model, cfg), toy_variables,
-                               ((f, given.get(t)) for t, f in enumerate(frames))))
+        preds = list(
+            run_video(
+                toy_engine(BASE.replace(box_filter=mode)),
+                toy_variables,
+                ((f, given.get(t)) for t, f in enumerate(frames)),
+            )
+        )
         p = np.zeros((len(preds), 4, *frames.shape[1:3]))
         for i, pr in enumerate(preds):
             p[i, : pr.probs.shape[0]] = pr.probs
@@ -219,24 +240,37 @@ def test_test_time_resolution(tk, toy_model, toy_variables):
     given = tk.first_masks(labels)
     engine = Engine(toy_model, EngineConfig(max_objects=2, resolution=48))
     assert engine.working_size((64, 96)) == (48, 72)
-    preds = list(run_video(engine, toy_variables, ((f, given.get(t)) for t, f in enumerate(frames))))
+    preds = list(
+        run_video(engine, toy_variables, ((f, given.get(t)) for t, f in enumerate(frames)))
+    )
     pred = np.stack([p.labels for p in preds])
     assert pred.shape == labels.shape
     np.testing.assert_array_equal(pred[0], labels[0])
     assert metrics.evaluate_sequence(labels, pred, object_ids=(1, 2)).j.mean() > 0.6
 
 
-def test_batch_of_videos_sharded_equals_one_by_one(tk, toy_model, toy_variables):
-    videos = [tk.make_video(9 + i, (32, 48), appear=(0, 0, 3 + i), seed=10 + i) for i in range(4)]
-    engine = Engine(toy_model, EngineConfig(max_objects=4, clip_length=3))
+def test_batch_of_videos_sharded_equals_one_by_one(tk, toy_engine, toy_variables):
+    videos = [tk.make_video(7 + 2 * i, SIZE, appear=(0, 0, 3 + i), seed=10 + i) for i in range(2)]
+    engine = toy_engine(BASE.replace(clip_length=5))
     singles = []
     for frames, labels in videos:
         g = tk.first_masks(labels)
-        singles.append(np.stack([p.labels for p in run_video(
-            engine, toy_variables, ((f, g.get(t)) for t, f in enumerate(frames)), num_objects=3)]))
+        singles.append(
+            np.stack(
+                [
+                    p.labels
+                    for p in run_video(
+                        engine,
+                        toy_variables,
+                        ((f, g.get(t)) for t, f in enumerate(frames)),
+                        num_objects=4,
+                    )
+                ]
+            )
+        )
     inputs = [[(f, tk.first_masks(lab).get(t)) for t, f in enumerate(fr)] for fr, lab in videos]
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))  # Auto axis types
-    batched = run_batch(engine, toy_variables, inputs, (32, 48), num_objects=3, mesh=mesh)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))  # Auto axis types
+    batched = run_batch(engine, toy_variables, inputs, SIZE, num_objects=4, mesh=mesh)
     for a, b in zip(singles, batched):
         np.testing.assert_array_equal(a, b)
 
@@ -261,20 +295,20 @@ def test_step_input_errors(toy_model, toy_variables):
         Engine(object(), EngineConfig())  # type: ignore[arg-type]
 
 
-def test_segmenter_errors(toy_model, toy_variables):
-    seg = VideoSegmenter((toy_model, toy_variables), EngineConfig(max_objects=2, bucket_objects=False))
-    frame = np.zeros((16, 16, 3), np.uint8)
-    two = np.zeros((16, 16), np.uint8)
-    two[:4, :4], two[8:, 8:] = 5, 9
-    seg.step(frame, two)
-    assert seg.object_ids == (5, 9)
-    with pytest.raises(VosjaxError, match="3 would be object number 3 but there are 2"):
-        seg.step(frame, np.full((16, 16), 3, np.uint8))
-    with pytest.raises(VosjaxError, match="frame is 8x8 but this video's frames are 16x16"):
+def test_segmenter_errors(toy_engine, toy_variables):
+    seg = VideoSegmenter((toy_engine(BASE), toy_variables))
+    frame = np.zeros((*SIZE, 3), np.uint8)
+    four = np.zeros(SIZE, np.uint8)
+    four[:4, :4], four[8:12, 8:12], four[40:, :4], four[40:, 60:] = 5, 9, 7, 200
+    seg.step(frame, four)
+    assert seg.object_ids == (5, 7, 9, 200)
+    with pytest.raises(VosjaxError, match="3 would be object number 5 but there are 4"):
+        seg.step(frame, np.full(SIZE, 3, np.uint8))
+    with pytest.raises(VosjaxError, match="frame is 8x8 but this video's frames are 64x48"):
         seg.step(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(VosjaxError, match=r"uint8\[H, W, 3\]"):
-        seg.step(np.zeros((16, 16, 3), np.float32))
+        seg.step(np.zeros((*SIZE, 3), np.float32))
     with pytest.raises(VosjaxError, match="different aspect ratio"):
-        seg.step(frame, np.zeros((16, 8), np.uint8))
+        seg.step(frame, np.zeros((48, 8), np.uint8))
     with pytest.raises(VosjaxError, match="'objects' needs a 'mask'"):
         seg.step(frame, objects=[5])

@@ -1,6 +1,7 @@
 """The engine with the real networks (tiny configs, random weights): STCN per-frame and
-per-clip, PCVOS per-clip with progressive matching, FRTM with its learner schedule (slow:
-compiling FRTM's Gauss-Newton fits takes minutes on a CPU)."""
+per-clip, PCVOS per-clip with progressive matching, FRTM with its learner schedule (these two
+are slow: compiling PCVOS's refinement and FRTM's Gauss-Newton fits takes minutes on a CPU;
+the per-clip and progressive-matching paths themselves are covered by the stand-in tests)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ SIZE = (48, 64)
 
 
 def _run(engine, variables, frames, given, num_objects=None, probs=False):
-    preds = list(run_video(engine, variables, ((f, given.get(t)) for t, f in enumerate(frames)),
-                           num_objects))
+    preds = list(
+        run_video(engine, variables, ((f, given.get(t)) for t, f in enumerate(frames)), num_objects)
+    )
     assert [p.index for p in preds] == list(range(len(frames)))
     if probs:
         return np.stack([p.labels for p in preds]), [p.probs for p in preds]
@@ -50,6 +52,7 @@ def test_stcn_per_clip_equals_per_frame_with_first_frame_memory(tk, video):
     assert not np.any(outs[0][0][:4] == 3) and np.any(outs[0][0][4] == 3)
 
 
+@pytest.mark.slow
 def test_pcvos_per_clip_with_progressive_matching(tk, video):
     from vosjax.models.pcvos import default_config
 

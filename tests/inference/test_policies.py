@@ -90,21 +90,37 @@ ALL = list(range(T))
     "config, model_config, writes, refits, clip_ends, capacity",
     [
         # STCN: every k-th frame (k = 3 here); a given frame restarts the period.
-        (EngineConfig(max_objects=2, memory_policy="every_k", mem_every=3), None,
-         {0, 3, 6, 7, 10}, {0, 7}, ALL, 3),
+        (
+            EngineConfig(max_objects=2, memory_policy="every_k", mem_every=3),
+            None,
+            {0, 3, 6, 7, 10},
+            {0, 7},
+            ALL,
+            3,
+        ),
         # TrickVOS: first + last frame: every frame written, capacity 2.
         (EngineConfig(max_objects=2, memory_policy="first_last"), None, set(ALL), {0, 7}, ALL, 2),
         # JOINT: a template every 5 frames, the learner refits when one is added.
-        (EngineConfig(max_objects=2, memory_policy="joint"), None,
-         {0, 5, 7}, {0, 5, 7}, ALL, 3),
+        (EngineConfig(max_objects=2, memory_policy="joint"), None, {0, 5, 7}, {0, 5, 7}, ALL, 3),
         # FRTM: a sample every frame, refit every t_s frames (t_s from the model config).
-        (EngineConfig(max_objects=2, memory_policy="auto"),
-         {"name": "frtm", "memory_frames": 3, "update_interval": 4},
-         set(ALL), {0, 4, 7, 11}, ALL, 3),
+        (
+            EngineConfig(max_objects=2, memory_policy="auto"),
+            {"name": "frtm", "memory_frames": 3, "update_interval": 4},
+            set(ALL),
+            {0, 4, 7, 11},
+            ALL,
+            3,
+        ),
         # PCVOS: per-clip, memory written at the end of every clip of L = 3 frames; the
         # clip holding frame 7 (late object) ends there.
-        (EngineConfig(max_objects=2, clip_length=3), None,
-         {0, 3, 6, 7, 10}, {0, 7}, [0, 3, 6, 7, 10, 11], 3),
+        (
+            EngineConfig(max_objects=2, clip_length=3),
+            None,
+            {0, 3, 6, 7, 10},
+            {0, 7},
+            [0, 3, 6, 7, 10, 11],
+            3,
+        ),
     ],
     ids=["every_k", "first_last", "joint", "frtm", "per_clip"],
 )

@@ -165,7 +165,11 @@ class EngineConfig:
                 "EngineConfig: 'tracker' is only used with box_filter='pt'; set box_filter='pt' "
                 "or drop tracker."
             )
-        if self.clip_length > 1 and self.mem_every is not None and self.mem_every % self.clip_length:
+        if (
+            self.clip_length > 1
+            and self.mem_every is not None
+            and self.mem_every % self.clip_length
+        ):
             raise VosjaxError(
                 f"EngineConfig: in per-clip mode the memory is written at clip ends, so "
                 f"'mem_every' ({self.mem_every}) must be a multiple of clip_length "

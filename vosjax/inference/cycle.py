@@ -18,6 +18,12 @@ sums over pixels), so one ``alpha`` serves every resolution.
 Objects are folded into the batch (``B * O`` one-object memories), so each
 object's back-prediction depends on its own mask only and the objects are
 corrected independently, in one pass of the model.
+
+The same objective with the roles of the frames swapped gives cycle-ERF
+(eq. 12, :func:`cycle_erf_map`): starting from an EMPTY mask on a reference
+frame ``X_l``, ``M`` correction steps of the loss of predicting a target frame
+``X_t``'s mask ``Y_t`` from ``{X_l, Y}``, then ``ReLU``: where the model looks
+on ``X_l`` to find the object in ``X_t``.
 """
 
 from __future__ import annotations
@@ -28,12 +34,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from vosjax.correction import gradient_correction, sobel
+from vosjax.correction import ERF_ITERS, gradient_correction, sobel
 from vosjax.inference.state import CorrectionRefs
 from vosjax.losses import cycle_mask_loss
 from vosjax.models.base import Feats, SegmentOptions, VOSModel
 
-__all__ = ["correct_masks", "reconstruction_objective"]
+__all__ = ["correct_masks", "cycle_erf_map", "reconstruction_objective"]
 
 
 def _per_object(x: Array, num_objects: int) -> Array:
@@ -107,8 +113,70 @@ def correct_masks(
     ref_feats = model.encode_key(variables, refs.frames.reshape(b * o, 1, h, w, 3))
     ref_feats = jax.lax.stop_gradient(ref_feats)
     objective = reconstruction_objective(
-        model, variables, frame, feats, refs, ref_feats, rows, feat_shape,
-        gamma=gamma, smooth=smooth, top_k=top_k,
+        model,
+        variables,
+        frame,
+        feats,
+        refs,
+        ref_feats,
+        rows,
+        feat_shape,
+        gamma=gamma,
+        smooth=smooth,
+        top_k=top_k,
     )
-    y = gradient_correction(objective, probs.astype(jnp.float32), num_iters, rate * h * w, clip=True)
+    y = gradient_correction(
+        objective, probs.astype(jnp.float32), num_iters, rate * h * w, clip=True
+    )
     return jnp.where(rows[:, :, None, None], y, probs)
+
+
+def cycle_erf_map(
+    model: VOSModel,
+    variables: Any,
+    reference: Float[Array, "B h w 3"],
+    target: Float[Array, "B h w 3"],
+    target_masks: Float[Array, "B O h w"],
+    feat_shape: tuple[int, int],
+    *,
+    num_iters: int = ERF_ITERS,
+    rate: float = 1.0,
+    gamma: float = 1.0,
+    smooth: float = 0.0,
+    top_k: int | None = None,
+) -> Float[Array, "B O h w"]:
+    """cycle-ERF of each object (cyclic VOS eq. 12) on the ``reference`` frame.
+
+    ``ReLU(Y^M)``, ``Y^0 = 0``, ``Y^(i+1) = Y^i - rate * n * dE/dY`` with ``E``
+    the loss of predicting ``target_masks`` on ``target`` from the memory
+    ``{(reference, Y)}`` (:func:`reconstruction_objective` with the frames
+    swapped; ``n = h * w``). Frames are ImageNet-normalised, at one size.
+    """
+    b, o = target_masks.shape[:2]
+    h, w = reference.shape[1:3]
+    feats = model.encode_key(variables, reference[:, None])
+    refs = CorrectionRefs(
+        jnp.broadcast_to(target[:, None], (b, o, h, w, 3)),
+        target_masks.astype(jnp.float32),
+        jnp.ones((b, o), bool),
+    )
+    ref_feats = jax.lax.stop_gradient(
+        model.encode_key(variables, refs.frames.reshape(b * o, 1, h, w, 3))
+    )
+    objective = reconstruction_objective(
+        model,
+        variables,
+        reference,
+        feats,
+        refs,
+        ref_feats,
+        refs.valid,
+        feat_shape,
+        gamma=gamma,
+        smooth=smooth,
+        top_k=top_k,
+    )
+    y = gradient_correction(
+        objective, jnp.zeros((b, o, h, w), jnp.float32), num_iters, rate * h * w
+    )
+    return jax.nn.relu(y)

@@ -129,7 +129,11 @@ class Engine:
     """
 
     def __init__(
-        self, model: VOSModel, config: EngineConfig | None = None, *, motion_fn: MotionFn | None = None
+        self,
+        model: VOSModel,
+        config: EngineConfig | None = None,
+        *,
+        motion_fn: MotionFn | None = None,
     ):
         if not isinstance(model, VOSModel):
             raise VosjaxError(
@@ -231,7 +235,9 @@ class Engine:
         """
         fn = "Engine.step"
         if not isinstance(state, EngineState):
-            raise VosjaxError(f"{fn}: 'state' must come from Engine.init_state, got {type(state).__name__}.")
+            raise VosjaxError(
+                f"{fn}: 'state' must come from Engine.init_state, got {type(state).__name__}."
+            )
         b, o = state.obj_valid.shape
         length = self.config.clip_length
         # Host inputs stay NumPy until the compiled call (no eager device ops, so nothing but
@@ -249,7 +255,9 @@ class Engine:
                 f"{frames.dtype}; pass e.g. np.asarray(frames, np.uint8)."
             )
         hh, ww = frames.shape[2:4]
-        if self.config.correction_every and state.refs.frames.shape[2:4] != self.working_size((hh, ww)):
+        if self.config.correction_every and state.refs.frames.shape[2:4] != self.working_size(
+            (hh, ww)
+        ):
             raise VosjaxError(
                 f"{fn}: the state was made for another frame size; call init_state with "
                 f"frame_size={(hh, ww)}."
@@ -275,7 +283,9 @@ class Engine:
         if new_objects is None:
             new_objects = np.zeros((b, o), bool)
         elif tuple(np.shape(new_objects)) != (b, o):
-            raise VosjaxError(f"{fn}: 'new_objects' must be bool[B, O] = {[b, o]}, got {np.shape(new_objects)}.")
+            raise VosjaxError(
+                f"{fn}: 'new_objects' must be bool[B, O] = {[b, o]}, got {np.shape(new_objects)}."
+            )
         elif not isinstance(new_objects, jax.Array):
             new_objects = np.asarray(new_objects, bool)
         if frame_valid is None:
@@ -332,23 +342,35 @@ class Engine:
         probs = jnp.where(obj_before[:, :, None, None, None], probs, 0.0)
 
         do_correct = correction_mask(self.schedule, t, frame_valid)
-        do_correct = do_correct & ~(given_any[:, None] & (jnp.arange(length)[None] == last[:, None]))
+        do_correct = do_correct & ~(
+            given_any[:, None] & (jnp.arange(length)[None] == last[:, None])
+        )
         refs = state.refs
 
         def per_frame(box_state, inputs):
-            l, p, x_l, feats_l, valid_l, correct_l = inputs
+            pos, p, x_l, feats_l, valid_l, correct_l = inputs
             if cfg.correction_every:
                 rows = correct_l[:, None] & obj_before & refs.valid
                 p = lax.cond(
                     jnp.any(rows),
                     lambda: cycle.correct_masks(
-                        model, variables, x_l, feats_l, p, refs, rows, feat_shape,
-                        num_iters=cfg.correction_iters, rate=cfg.correction_rate,
-                        gamma=cfg.correction_gamma, smooth=cfg.correction_smooth, top_k=cfg.top_k,
+                        model,
+                        variables,
+                        x_l,
+                        feats_l,
+                        p,
+                        refs,
+                        rows,
+                        feat_shape,
+                        num_iters=cfg.correction_iters,
+                        rate=cfg.correction_rate,
+                        gamma=cfg.correction_gamma,
+                        smooth=cfg.correction_smooth,
+                        top_k=cfg.top_k,
                     ),
                     lambda: p,
                 )
-            at_given = (l == last) & given_any  # [B]
+            at_given = (pos == last) & given_any  # [B]
             g_obj = given_obj & at_given[:, None]  # [B, O]
             g_union = jnp.max(jnp.where(g_obj[:, :, None, None], given_soft, 0.0), axis=1)
             p = jnp.where(g_obj[:, :, None, None], given_soft, p * (1.0 - g_union[:, None]))
@@ -369,7 +391,8 @@ class Engine:
                 keep = valid_l[:, None]
                 box_state = jax.tree_util.tree_map(
                     lambda n, c: jnp.where(keep.reshape(keep.shape + (1,) * (n.ndim - 2)), n, c),
-                    new_box, box_state,
+                    new_box,
+                    box_state,
                 )
                 bg = jnp.clip(1.0 - jnp.sum(filt, axis=1, keepdims=True), 0.0, 1.0)
                 return box_state, (big, jnp.concatenate([bg, filt], axis=1))
@@ -422,9 +445,12 @@ class Engine:
         labels = jnp.argmax(out_probs, axis=1).astype(jnp.int32)  # [B, L, H, W]
         is_last = jnp.arange(length)[None] == last[:, None]  # [B, L]
         table = jnp.concatenate([jnp.zeros((b, 1), bool), given_obj], axis=1)  # slot -> given
-        labels_given = jnp.take_along_axis(table, labels.reshape(b, -1), axis=1).reshape(labels.shape)
+        labels_given = jnp.take_along_axis(table, labels.reshape(b, -1), axis=1).reshape(
+            labels.shape
+        )
         exact = jnp.where(
-            new_labels[:, None] > 0, new_labels[:, None].astype(jnp.int32),
+            new_labels[:, None] > 0,
+            new_labels[:, None].astype(jnp.int32),
             jnp.where(labels_given, 0, labels),
         )
         labels = jnp.where((is_last & given_any[:, None])[:, :, None, None], exact, labels)

@@ -125,7 +125,11 @@ def run_batch(
             "the mesh's first axis; pad the batch or use a smaller mesh."
         )
     size = (int(frame_size[0]), int(frame_size[1]))
-    slots = engine.config.max_objects if num_objects is None else object_slots(num_objects, engine.config)
+    slots = (
+        engine.config.max_objects
+        if num_objects is None
+        else object_slots(num_objects, engine.config)
+    )
     length = engine.config.clip_length
     rows = [_Row(v, slots, size) for v in videos]
     state = engine.init_state(variables, b, size, slots)
