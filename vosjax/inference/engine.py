@@ -332,7 +332,14 @@ class Engine:
         given_full = new_labels[:, None].astype(jnp.int32) == slot_ids[None, :, None, None]
         given_obj = (jnp.any(given_full, axis=(2, 3)) | new_extra) & has_frames[:, None]
         given_any = jnp.any(given_obj, axis=1)
-        given_soft = _resize(given_full.astype(jnp.float32), (wh, wwid))  # [B, O, h, w]
+        if (wh, wwid) == (hh, ww):
+            given_soft = given_full.astype(jnp.float32)  # [B, O, h, w]
+        else:  # resized only on the (rare) steps that carry masks
+            given_soft = lax.cond(
+                jnp.any(given_any),
+                lambda: _resize(given_full.astype(jnp.float32), (wh, wwid)),
+                lambda: jnp.zeros((b, o, wh, wwid), jnp.float32),
+            )
         obj_before = state.obj_valid
         obj_after = obj_before | given_obj
 
