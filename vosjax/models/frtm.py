@@ -292,7 +292,13 @@ class FRTM(VOSModel):
         return self.net.apply(variables, *args, train, method=method)
 
     # -- parameters ------------------------------------------------------------------------
-    def init(self, rng, frames, masks, obj_valid) -> Variables:
+    def init(
+        self,
+        rng: jax.Array,
+        frames: Float[Array, "B T H W 3"],
+        masks: Float[Array, "B O T H W"],
+        obj_valid: Bool[Array, "B O"],
+    ) -> Variables:
         """Variables ``{"params": {"backbone", "segnet"}, "batch_stats": {"backbone"}}``.
 
         Drawn by :func:`vosjax.models.frtm_common.init_variables` (one random
@@ -305,7 +311,13 @@ class FRTM(VOSModel):
         init = lambda key, x: self.net.init(key, x, method=_FRTMNet.init_all)
         return chk.init_variables(init, rng, frames[:1, 0])
 
-    def update_batch_stats(self, variables, frames, masks, obj_valid) -> Variables:
+    def update_batch_stats(
+        self,
+        variables: Variables,
+        frames: Float[Array, "B T H W 3"],
+        masks: Float[Array, "B O T H W"],
+        obj_valid: Bool[Array, "B O"],
+    ) -> Variables:
         """With ``train_bn`` and a trainable backbone: one training-mode pass over ``frames``
         that returns ``variables`` with the backbone's running statistics moved towards this
         batch's (r <- 0.9 r + 0.1 stat). Otherwise ``variables`` unchanged."""
@@ -334,7 +346,9 @@ class FRTM(VOSModel):
         return [("segnet",)] if self.settings.freeze_backbone else [("segnet",), ("backbone",)]
 
     # -- query features --------------------------------------------------------------------
-    def encode_key(self, variables, frames, *, train: bool = False) -> Feats:
+    def encode_key(
+        self, variables: Variables, frames: Float[Array, "B T H W 3"], *, train: bool = False
+    ) -> Feats:
         """Backbone features of every frame: ``key`` = x^16 ``[B, T, h, w, C]``, S's projections,
         ``frame_hw``."""
         b, t, h, w = chk.check_frames("FRTM.encode_key", frames)
@@ -352,7 +366,16 @@ class FRTM(VOSModel):
         out = jax.image.resize(flat, (flat.shape[0], *grid), "linear")
         return out.reshape(lead + tuple(grid))
 
-    def encode_value(self, variables, frames, masks, obj_valid, feats, *, train: bool = False):
+    def encode_value(
+        self,
+        variables: Variables,
+        frames: Float[Array, "B T H W 3"],
+        masks: Float[Array, "B O T H W"],
+        obj_valid: Bool[Array, "B O"],
+        feats: Feats,
+        *,
+        train: bool = False,
+    ) -> dict[str, Array]:
         """The training samples a frame contributes: ``{"features": x^16 [B, T, h, w, C],
         "labels": [B, O, T, h', w']}`` (masks on the label grid of eq. 2)."""
         fn = "FRTM.encode_value"
@@ -364,7 +387,9 @@ class FRTM(VOSModel):
         return {"features": feats["key"], "labels": self._labels(masks, (u * hh, u * ww))}
 
     # -- memory ----------------------------------------------------------------------------
-    def init_memory(self, variables, batch: int, num_objects: int, feat_shape) -> FRTMMemory:
+    def init_memory(
+        self, variables: Variables, batch: int, num_objects: int, feat_shape: tuple[int, int]
+    ) -> FRTMMemory:
         """Empty memory: zero target models, empty sample memories of ``memory_frames`` slots."""
         fn = "FRTM.init_memory"
         batch = chk.check_positive_int(fn, "batch", batch)
@@ -468,7 +493,17 @@ class FRTM(VOSModel):
         return FRTMMemory(target, samples, memory.initialized | need_init)
 
     def memorize(
-        self, variables, memory, frames, masks, obj_valid, feats, write, refit=None, *, train=False
+        self,
+        variables: Variables,
+        memory: FRTMMemory,
+        frames: Float[Array, "B T H W 3"],
+        masks: Float[Array, "B O T H W"],
+        obj_valid: Bool[Array, "B O"],
+        feats: Feats,
+        write: Bool[Array, " B"],
+        refit: Bool[Array, " B"] | None = None,
+        *,
+        train: bool = False,
     ) -> FRTMMemory:
         """Add the frames (in order) to each object's sample memory and fit its target model.
 
@@ -517,7 +552,12 @@ class FRTM(VOSModel):
         return _bo(tm.apply, (0, None), (0, 0))(memory.target, x)
 
     def segment(
-        self, variables, memory, feats, obj_valid, options: SegmentOptions = DEFAULT_OPTIONS
+        self,
+        variables: Variables,
+        memory: FRTMMemory,
+        feats: Feats,
+        obj_valid: Bool[Array, "B O"],
+        options: SegmentOptions = DEFAULT_OPTIONS,
     ) -> Float[Array, "B O T H W"]:
         """Per-object logits ``S(D(x^16; w_o), x)`` at full resolution ``[B, O, T, H, W]``.
 

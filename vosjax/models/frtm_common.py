@@ -13,7 +13,9 @@ Initialisation (:func:`init_variables`). A Flax ``init`` draws every
 parameter with its own random call, and XLA on CPU compiles each such call
 separately (tens of seconds for a ResNet). The models here instead take the
 variable shapes from ``jax.eval_shape`` of the Flax init and fill them from
-ONE normal draw, leaf by leaf, with the distribution each module declares:
+ONE stream of standard normals (a NumPy generator seeded with the bits of the
+given key, so nothing is compiled; ``jax.random.normal`` when the key is
+traced), leaf by leaf, with the distribution each module declares:
 
 =========================================  ==========================================
 leaf                                        value
@@ -198,7 +200,7 @@ def init_variables(
     torch_roots: Sequence[str] = ("backbone",),
     constants: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Variables of ``init_fn(rng, *args)`` (a Flax ``init``) filled from one normal draw.
+    """Variables of ``init_fn(rng, *args)`` (a Flax ``init``) filled from one normal stream.
 
     Shapes and structure come from ``jax.eval_shape(init_fn, rng, *args)``;
     values follow the table of the module docstring. ``torch_roots`` names the
@@ -212,20 +214,23 @@ def init_variables(
     for path, leaf in flat:
         names = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
         plan.append((*_leaf_plan(names, tuple(leaf.shape), set(torch_roots), constants), leaf))
-    total = sum(math.prod(leaf.shape) for kind, _, leaf in plan if kind == "normal")
+    total = max(sum(math.prod(leaf.shape) for kind, _, leaf in plan if kind == "normal"), 1)
 
-    @jax.jit
-    def build(key):
-        z = jax.random.normal(key, (max(total, 1),), jnp.float32)
-        out, start = [], 0
-        for kind, value, leaf in plan:
-            n = math.prod(leaf.shape)
-            if kind == "normal":
-                x = z[start : start + n].reshape(leaf.shape) * value
-                start += n
-            else:
-                x = jnp.full(leaf.shape, value, jnp.float32)
-            out.append(x.astype(leaf.dtype))
-        return out
-
-    return jax.tree_util.tree_unflatten(treedef, build(rng))
+    if isinstance(rng, jax.core.Tracer):  # traced (e.g. under jax.eval_shape): JAX draw
+        z = jax.random.normal(rng, (total,), jnp.float32)
+        xp = jnp
+    else:  # concrete key: a NumPy generator seeded with the key's bits (nothing to compile)
+        data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+        seed = [int(v) for v in np.asarray(data).astype(np.uint32).ravel()]
+        z = np.random.default_rng(seed).standard_normal(total, dtype=np.float32)
+        xp = np
+    out, start = [], 0
+    for kind, value, leaf in plan:
+        n = math.prod(leaf.shape)
+        if kind == "normal":
+            x = z[start : start + n].reshape(leaf.shape) * np.float32(value)
+            start += n
+        else:
+            x = xp.full(leaf.shape, value, np.float32)
+        out.append(jnp.asarray(x, leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)

@@ -12,7 +12,7 @@ full-resolution mask logit, U-Net style (deepest first, d = s32, s16, s8, s4)::
     logit = R_HW(conv3x3_1(relu(conv3x3_(C/2)(z^(s4)))))
 
 with ``R_d`` bilinear resizing to the grid of depth d (half-pixel centres,
-PyTorch ``align_corners=False``), the residual block
+PyTorch ``align_corners=False``, :func:`resize_to`), the residual block
 ``RB(x) = relu(x + conv3x3(relu(conv3x3(x))))`` and the channel attention block
 of DFN (FRTM ref. [50])::
 
@@ -33,12 +33,12 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from vosjax import _validate
 from vosjax.errors import VosjaxError
+from vosjax.learners.frtm import bilinear_matrix
 from vosjax.models.frtm_common import KERNEL_INIT
 
 __all__ = ["DEPTHS", "ChannelAttention", "ResidualBlock", "SegmentationNetwork", "resize_to"]
@@ -59,15 +59,22 @@ def _conv(features: int, kernel: int, dtype: Any) -> nn.Conv:
 
 
 def resize_to(x: Float[Array, "N h w C"], hw: tuple[int, int]) -> Float[Array, "N H W C"]:
-    """Bilinear resize of NHWC ``x`` to spatial size ``hw`` (half-pixel centres; identity if equal).
+    """Bilinear resize of NHWC ``x`` to spatial size ``hw``: ``y = M_H x M_W^T`` per channel.
 
-    Downsampling (only the deepest block's target map) is antialiased, as
-    ``jax.image.resize`` does by default.
+    ``M`` are the 1-D interpolation matrices of
+    :func:`vosjax.learners.frtm.bilinear_matrix` (half-pixel centres, clamped at
+    the borders: PyTorch ``F.interpolate(mode="bilinear", align_corners=False)``,
+    also when downsampling, i.e. without antialiasing). Two small matmuls with
+    constant matrices: cheap to compile and to differentiate. Identity if equal.
     """
     hw = (int(hw[0]), int(hw[1]))
-    if tuple(x.shape[1:3]) == hw:
+    h, w = x.shape[1:3]
+    if (h, w) == hw:
         return x
-    return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), "linear").astype(x.dtype)
+    mh = jnp.asarray(bilinear_matrix(hw[0], h), x.dtype)
+    mw = jnp.asarray(bilinear_matrix(hw[1], w), x.dtype)
+    y = jnp.einsum("Hh,nhwc->nHwc", mh, x) if hw[0] != h else x
+    return jnp.einsum("Ww,nhwc->nhWc", mw, y) if hw[1] != w else y
 
 
 class ResidualBlock(nn.Module):

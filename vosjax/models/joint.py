@@ -1,0 +1,596 @@
+"""JOINT: joint inductive and transductive learning (JOINT sec. 3, 4.1).
+
+Per search frame, for every object (JOINT Fig. 2, eq. 1-7)::
+
+    x^1..x^4 = F(I)                      ResNet-50 layer1..layer4 (strides 4..32)
+    X_tra, X_ind = R_tra(x^3), R_ind(x^3)     one conv block per branch: layer3 1024 -> 512 channels
+    E_tra, E_ind, W = L(Y)               two-head label encoder of each template mask (D = 16, ReLU ends)
+    E_tra* = TB(X_tra; Z_tra, E_tra)     transduction: transformer over the templates (models/joint_transformer.py)
+    w      = argmin_w 0.5 sum_i |W_i (T_w(Z_ind,i) - E_ind,i)|^2 + 0.5 lambda |w|^2     (eq. 6)
+    E_ind* = T_w(X_ind)                  induction: LWL learner (vosjax.learners.lwl), steepest descent
+    logit  = S(E_tra* + E_ind*, x^1..x^4)                (eq. 7; S = FRTM's segmentation network)
+
+Memory: the templates (reduced features of both branches and each object's
+E_tra, E_ind, W) sit in a keep-first :class:`~vosjax.ops.memory.MemoryBank` of
+``memory_frames`` = 20 slots (the engine adds one every T = 5 frames); the
+transformer-encoded templates ``Z_enc`` (eq. 3) are recomputed by
+``memorize`` whenever a template is written and cached, so ``segment`` runs
+only the decoder. The learner is refitted in ``memorize``: an object's first
+memorize fits from a zero kernel with ``learner_iters_init`` (20) steepest
+descent steps, later refits warm-start from the current kernel with
+``learner_iters_update`` (3) steps (LWL's inference settings, which JOINT
+follows). Invalid template slots get importance weight 0. The fit is
+differentiable (w.r.t. features, encodings, weights and the learned
+regulariser lambda = reg^2), so the whole network trains end to end.
+
+Choices the papers leave open, made here: the per-branch "convolutional
+block" is a 3x3 conv + ReLU; the label encoder is four stride-2 3x3 convs
+(16, 32, 64, 64 channels) over the mask, then a head per branch (3x3 conv +
+ReLU, 3x3 conv to D + ReLU) and the importance weights W from the induction
+head (3x3 conv to D + sigmoid); the learner starts from a zero kernel. The
+paper crops a search region around the target (5x its size, resized to
+832 x 480); the model here sees whatever frames the caller gives it.
+
+The cosine decoupling loss (eq. 8) needs both heads' encodings:
+:meth:`JOINT.encode_value` returns them
+(``vosjax.losses.cosine_decoupling(enc["e_tra"], enc["e_ind"])``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax import lax
+from jaxtyping import Array, Bool, Float
+
+from vosjax.errors import VosjaxError
+from vosjax.learners import lwl
+from vosjax.models import backbones
+from vosjax.models import frtm_common as chk
+from vosjax.models.base import Feats, SegmentOptions, Variables, VOSModel
+from vosjax.models.frtm_decoder import DEPTHS, SegmentationNetwork
+from vosjax.models.joint_transformer import TAU, TransformerDecoder, TransformerEncoder
+from vosjax.ops.aggregate import INVALID_LOGIT
+from vosjax.ops.memory import MemoryBank, bank_init, bank_insert
+
+__all__ = ["JOINT", "JointMemory", "LabelEncoder", "default_config"]
+
+VARIANTS = ("full",)
+_PROJ = {d: f"proj_{d}" for d in DEPTHS}
+DEFAULT_OPTIONS = SegmentOptions()
+
+
+def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.ConfigDict:
+    """The model config of JOINT (``"full"``: the paper's sizes); ``tiny=True`` gives a CPU-test
+    size (ResNet-18, narrow branches, few learner steps, 3 template slots).
+
+    Fields: backbone, dtype, train_bn, feature_dim (512), attn_dim (C/4), enc_dim (D = 16),
+    tau (1/30), label_widths, channels (decoder width, 64), learner_kernel (3),
+    learner_iters_init / learner_iters_update, learner_reg_init (initial reg; lambda = reg^2),
+    memory_frames (N_max = 20; the engine's ``joint`` policy adds a template every T = 5 frames).
+    """
+    if variant not in VARIANTS:
+        raise VosjaxError(
+            f"joint.default_config: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}."
+        )
+    c = ml_collections.ConfigDict()
+    c.name = "joint"
+    c.variant = variant
+    c.backbone = "resnet50"
+    c.dtype = "float32"
+    c.train_bn = False
+    c.feature_dim = 512
+    c.attn_dim = 128
+    c.enc_dim = 16
+    c.tau = TAU
+    c.label_widths = (16, 32, 64, 64)
+    c.channels = 64
+    c.learner_kernel = 3
+    c.learner_iters_init = 20
+    c.learner_iters_update = 3
+    c.learner_reg_init = 0.1
+    c.memory_frames = 20
+    if tiny:
+        c.backbone = "resnet18"
+        c.feature_dim = 16
+        c.attn_dim = 8
+        c.enc_dim = 4
+        c.label_widths = (4, 8, 8, 8)
+        c.channels = 8
+        c.learner_iters_init = 2
+        c.learner_iters_update = 1
+        c.memory_frames = 3
+    return c
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    backbone: str
+    dtype: Any
+    train_bn: bool
+    feature_dim: int
+    attn_dim: int
+    enc_dim: int
+    tau: float
+    label_widths: tuple[int, ...]
+    channels: int
+    learner_kernel: int
+    learner_iters_init: int
+    learner_iters_update: int
+    learner_reg_init: float
+    memory_frames: int
+
+
+def _settings(config: Any) -> _Settings:
+    fn = "JOINT"
+    base = default_config("full")
+    unknown = sorted(set(config.keys()) - set(base.keys()))
+    if unknown:
+        raise VosjaxError(
+            f"{fn}: unknown model config fields {unknown}; valid: {sorted(base.keys())}."
+        )
+    get = lambda k: config.get(k, base[k])
+    if get("backbone") not in backbones.BACKBONES:
+        raise VosjaxError(
+            f"{fn}: config 'backbone' is {get('backbone')!r}; choose one of {backbones.BACKBONES}."
+        )
+    pos = lambda k: chk.check_positive_int(fn, k, get(k))
+    kernel = pos("learner_kernel")
+    if kernel % 2 == 0:
+        raise VosjaxError(f"{fn}: config 'learner_kernel' must be odd, got {kernel}.")
+    widths = tuple(int(v) for v in get("label_widths"))
+    if len(widths) != 4 or min(widths) < 1:
+        raise VosjaxError(
+            f"{fn}: config 'label_widths' must list 4 positive widths (one per stride-2 stage), got {widths}."
+        )
+    tau = float(get("tau"))
+    if not tau > 0:
+        raise VosjaxError(f"{fn}: config 'tau' must be positive, got {tau}.")
+    return _Settings(
+        backbone=str(get("backbone")),
+        dtype=chk.parse_dtype(fn, get("dtype")),
+        train_bn=bool(get("train_bn")),
+        feature_dim=pos("feature_dim"),
+        attn_dim=pos("attn_dim"),
+        enc_dim=pos("enc_dim"),
+        tau=tau,
+        label_widths=widths,
+        channels=pos("channels"),
+        learner_kernel=kernel,
+        learner_iters_init=pos("learner_iters_init"),
+        learner_iters_update=pos("learner_iters_update"),
+        learner_reg_init=float(get("learner_reg_init")),
+        memory_frames=pos("memory_frames"),
+    )
+
+
+def _conv(features: int, kernel: int, dtype: Any, stride: int = 1) -> nn.Conv:
+    p = (kernel - 1) // 2  # torch-style symmetric padding: size ceil(n / stride)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((p, p), (p, p)),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=chk.KERNEL_INIT,
+    )
+
+
+class LabelEncoder(nn.Module):
+    """Two-head label encoder: mask ``[N, H, W]`` -> ``E_tra, E_ind, W`` ``[N, h, w, D]`` at stride 16.
+
+    Trunk: four stride-2 3x3 convs + ReLU (``widths``); transduction head:
+    3x3 conv + ReLU, 3x3 conv to D + ReLU; induction head: 3x3 conv + ReLU,
+    then 3x3 conv to D + ReLU (E_ind) and 3x3 conv to D + sigmoid (W).
+    """
+
+    enc_dim: int
+    widths: tuple[int, ...] = (16, 32, 64, 64)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, masks: Float[Array, "N H W"]) -> tuple[Array, Array, Array]:
+        x = masks[..., None].astype(self.dtype)
+        for c in self.widths:
+            x = nn.relu(_conv(c, 3, self.dtype, stride=2)(x))
+        c = self.widths[-1]
+        e_tra = nn.relu(_conv(self.enc_dim, 3, self.dtype)(nn.relu(_conv(c, 3, self.dtype)(x))))
+        hid = nn.relu(_conv(c, 3, self.dtype)(x))
+        e_ind = nn.relu(_conv(self.enc_dim, 3, self.dtype)(hid))
+        weights = nn.sigmoid(_conv(self.enc_dim, 3, self.dtype)(hid))
+        return e_tra, e_ind, weights
+
+
+class _JointNet(nn.Module):
+    s: _Settings
+
+    def setup(self):
+        s = self.s
+        self.backbone = backbones.make_backbone(
+            s.backbone, stop_at="s32", frozen_bn=not s.train_bn, dtype=s.dtype
+        )
+        self.reduce_tra = _conv(s.feature_dim, 3, s.dtype)
+        self.reduce_ind = _conv(s.feature_dim, 3, s.dtype)
+        self.label_encoder = LabelEncoder(s.enc_dim, s.label_widths, s.dtype)
+        self.encoder = TransformerEncoder(s.attn_dim, s.tau, s.dtype)
+        self.decoder = TransformerDecoder(s.attn_dim, s.tau, s.dtype)
+        self.segnet = SegmentationNetwork(s.channels, s.dtype)
+        self.learner_reg = self.param(
+            "learner_reg", nn.initializers.constant(s.learner_reg_init), (), jnp.float32
+        )
+
+    def encode(self, x: Float[Array, "N H W 3"], train: bool = False) -> dict[str, Array]:
+        f = self.backbone(x, train=train)
+        out = {_PROJ[d]: p for d, p in self.segnet.project(f).items()}
+        out["key"] = nn.relu(self.reduce_tra(f["s16"]))
+        out["key_ind"] = nn.relu(self.reduce_ind(f["s16"]))
+        return out
+
+    def labels(self, masks: Float[Array, "N H W"]) -> tuple[Array, Array, Array]:
+        return self.label_encoder(masks)
+
+    def encode_templates(self, z: Array, valid: Array) -> Array:
+        return self.encoder(z, valid)
+
+    def transduce(self, x: Array, z_enc: Array, e_tra: Array, valid: Array) -> Array:
+        return self.decoder(x, z_enc, e_tra, valid)
+
+    def decode(self, proj: dict[str, Array], enc: Array, out_hw: tuple[int, int]) -> Array:
+        return self.segnet.decode(proj, enc, out_hw)
+
+    def reg(self) -> Array:
+        return self.learner_reg
+
+    def init_all(
+        self, x: Float[Array, "N H W 3"], masks: Float[Array, "N H W"]
+    ) -> tuple[Array, Array]:
+        """Touch every submodule once (for ``init``)."""
+        f = self.encode(x)
+        e_tra, e_ind, w = self.labels(masks)
+        n, h, wd, c = f["key"].shape
+        z = f["key"].reshape(1, n, h * wd, c)
+        valid = jnp.ones((1, n), bool)
+        z_enc = self.encode_templates(z, valid)
+        e = e_tra.reshape(1, n, h * wd, -1)
+        star = self.transduce(z, z_enc, e, valid).reshape(n, h, wd, -1)
+        proj = {d: f[_PROJ[d]] for d in DEPTHS}
+        return self.decode(proj, star + e_ind * w, x.shape[1:3]), self.reg()
+
+
+class JointMemory(NamedTuple):
+    """JOINT's memory state (fixed-shape pytree).
+
+    Attributes:
+      templates: keep-first bank of S = ``memory_frames`` slots, P = h * w positions:
+        keys ``[B, S, P, 2C]`` = the reduced template features of the two branches
+        ``[Z_tra | Z_ind]``, values ``[B, S, P, O * 3 * D]`` = per object ``[E_tra | E_ind | W]``.
+      encoded: ``[B, S, P, C]`` the encoder output Z_enc (eq. 3) of the current templates.
+      filters: ``[B, O, k, k, C, D]`` the induction kernels w of eq. 6.
+      initialized: ``bool[B, O]``, True once the object's learner had its first fit.
+    """
+
+    templates: MemoryBank
+    encoded: Float[Array, "B S P C"]
+    filters: Float[Array, "B O k k C D"]
+    initialized: Bool[Array, "B O"]
+
+
+def _select(mask: Array, new: Array, old: Array) -> Array:
+    m = mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim))
+    return jnp.where(m, new, old)
+
+
+class JOINT(VOSModel):
+    """JOINT behind the :class:`~vosjax.models.base.VOSModel` interface.
+
+    ``feats`` of :meth:`encode_key`: ``"key"`` (transduction) and ``"key_ind"``
+    (induction), the reduced layer3 features of the two branches
+    ``[B, T, h, w, C]``, ``"proj_s4" .. "proj_s32"`` the decoder's projections
+    of layer1..4 and ``"frame_hw"`` (zero channels, carries H, W).
+    """
+
+    name = "joint"
+    stride = 16
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self.settings = _settings(config)
+        self.net = _JointNet(self.settings)
+
+    def _apply(self, variables, *args, method, train: bool = False):
+        """``net.apply``; a training-mode pass with ``train_bn`` normalises with the batch
+        statistics (running statistics move only through :meth:`update_batch_stats`)."""
+        if train and self.settings.train_bn:
+            return self.net.apply(variables, *args, train, method=method, mutable=["batch_stats"])[
+                0
+            ]
+        return self.net.apply(variables, *args, train, method=method)
+
+    def update_batch_stats(
+        self,
+        variables: Variables,
+        frames: Float[Array, "B T H W 3"],
+        masks: Float[Array, "B O T H W"],
+        obj_valid: Bool[Array, "B O"],
+    ) -> Variables:
+        """With ``train_bn``: one training-mode pass over ``frames`` that returns ``variables``
+        with the backbone's running statistics moved towards this batch's
+        (r <- 0.9 r + 0.1 stat). With frozen batch norm ``variables`` unchanged."""
+        if not self.settings.train_bn:
+            return variables
+        b, t, h, w = chk.check_frames("JOINT.update_batch_stats", frames)
+        _, upd = self.net.apply(
+            variables,
+            frames.reshape(b * t, h, w, 3),
+            True,
+            method=_JointNet.encode,
+            mutable=["batch_stats"],
+        )
+        return {**variables, "batch_stats": upd["batch_stats"]}
+
+    # -- parameters ------------------------------------------------------------------------
+    def init(
+        self,
+        rng: jax.Array,
+        frames: Float[Array, "B T H W 3"],
+        masks: Float[Array, "B O T H W"],
+        obj_valid: Bool[Array, "B O"],
+    ) -> Variables:
+        """Variables ``{"params": {backbone, reduce_*, label_encoder, encoder, decoder, segnet,
+        learner_reg}, "batch_stats": {"backbone"}}``.
+
+        Drawn by :func:`vosjax.models.frtm_common.init_variables` (one random
+        draw; torchvision rule for the backbone, LeCun normal for the rest,
+        ``learner_reg = learner_reg_init``).
+        """
+        fn = "JOINT.init"
+        b, t, h, w = chk.check_frames(fn, frames)
+        chk.check_masks(fn, masks, (b, t, h, w))
+        chk.check_obj_valid(fn, obj_valid, b, masks.shape[1])
+        init = lambda key, x, m: self.net.init(key, x, m, method=_JointNet.init_all)
+        return chk.init_variables(
+            init,
+            rng,
+            frames[0],
+            masks[0, 0],
+            constants={"learner_reg": self.settings.learner_reg_init},
+        )
+
+    def backbone_paths(self) -> dict[str, tuple[tuple[str, ...], str, int]]:
+        """``{"backbone": (("backbone",), arch, 3)}``: where ImageNet weights go."""
+        return {"backbone": (("backbone",), self.settings.backbone, 3)}
+
+    def decoder_paths(self) -> list[tuple[str, ...]]:
+        """The segmentation decoder subtree (eq. 7), for TrickVOS decoder pretraining."""
+        return [("segnet",)]
+
+    # -- encoders --------------------------------------------------------------------------
+    def encode_key(
+        self, variables: Variables, frames: Float[Array, "B T H W 3"], *, train: bool = False
+    ) -> Feats:
+        """Reduced layer3 features of both branches and the decoder's skip projections."""
+        b, t, h, w = chk.check_frames("JOINT.encode_key", frames)
+        out = self._apply(
+            variables, frames.reshape(b * t, h, w, 3), method=_JointNet.encode, train=train
+        )
+        feats = {k: v.reshape((b, t) + v.shape[1:]) for k, v in out.items()}
+        feats[chk.SIZE_KEY] = chk.size_marker(b, t, h, w)
+        return feats
+
+    def encode_value(
+        self,
+        variables: Variables,
+        frames: Float[Array, "B T H W 3"],
+        masks: Float[Array, "B O T H W"],
+        obj_valid: Bool[Array, "B O"],
+        feats: Feats,
+        *,
+        train: bool = False,
+    ) -> dict[str, Float[Array, "B O T h w D"]]:
+        """The two-head label encodings of each mask: ``{"e_tra", "e_ind", "weights"}``,
+        each ``[B, O, T, h, w, D]`` (E_tra, E_ind >= 0; W in (0, 1))."""
+        fn = "JOINT.encode_value"
+        shape = chk.check_frames(fn, frames)
+        chk.check_masks(fn, masks, shape)
+        return self._labels(variables, masks)
+
+    def _labels(self, variables, masks: Array) -> dict[str, Array]:
+        lead = masks.shape[:-2]
+        flat = masks.reshape((-1,) + masks.shape[-2:])
+        outs = self.net.apply(variables, flat, method=_JointNet.labels)
+        names = ("e_tra", "e_ind", "weights")
+        return {k: v.reshape(lead + v.shape[1:]) for k, v in zip(names, outs)}
+
+    # -- memory ----------------------------------------------------------------------------
+    def init_memory(
+        self, variables: Variables, batch: int, num_objects: int, feat_shape: tuple[int, int]
+    ) -> JointMemory:
+        """Empty memory: ``memory_frames`` empty template slots, zero kernels."""
+        fn = "JOINT.init_memory"
+        batch = chk.check_positive_int(fn, "batch", batch)
+        num_objects = chk.check_positive_int(fn, "num_objects", num_objects)
+        h, w = chk.check_feat_shape(fn, feat_shape)
+        s = self.settings
+        c, d, k = s.feature_dim, s.enc_dim, s.learner_kernel
+        return JointMemory(
+            templates=bank_init(batch, s.memory_frames, h * w, 2 * c, num_objects * 3 * d),
+            encoded=jnp.zeros((batch, s.memory_frames, h * w, c), jnp.float32),
+            filters=jnp.zeros((batch, num_objects, k, k, c, d), jnp.float32),
+            initialized=jnp.zeros((batch, num_objects), bool),
+        )
+
+    def _fit(self, variables, z_ind, e_ind, weights, init, iters):
+        """Eq. 6 for every (video, object): vmapped :func:`vosjax.learners.lwl.fit`."""
+        reg = self.net.apply(variables, method=_JointNet.reg)
+
+        def fit_one(z, e, wts, f0):
+            return lwl.fit(z, e, wts, reg, f0, iters)
+
+        return jax.vmap(jax.vmap(fit_one, (None, 0, 0, 0)))(z_ind, e_ind, weights, init)
+
+    def memorize(
+        self,
+        variables: Variables,
+        memory: JointMemory,
+        frames: Float[Array, "B T H W 3"],
+        masks: Float[Array, "B O T H W"],
+        obj_valid: Bool[Array, "B O"],
+        feats: Feats,
+        write: Bool[Array, " B"],
+        refit: Bool[Array, " B"] | None = None,
+        *,
+        train: bool = False,
+    ) -> JointMemory:
+        """Add the frames (in order) as templates and refit the induction learners.
+
+        Rows with ``write`` insert their template(s) (keep-first bank) and get
+        Z_enc recomputed; an object memorized for the first time
+        (``write & obj_valid`` and not initialized) is fitted from a zero kernel
+        (``learner_iters_init`` steps), an initialized one is refitted where
+        ``refit`` (default: ``write``) from its kernel (``learner_iters_update``
+        steps). Rows with ``write`` and ``refit`` False are returned unchanged.
+        """
+        fn = "JOINT.memorize"
+        if not isinstance(memory, JointMemory):
+            raise VosjaxError(
+                f"{fn}: 'memory' must come from JOINT.init_memory, got {type(memory).__name__}."
+            )
+        shape = chk.check_frames(fn, frames)
+        o = chk.check_masks(fn, masks, shape)
+        b, t = shape[:2]
+        chk.check_obj_valid(fn, obj_valid, b, o)
+        chk.check_feats(fn, feats, ["key", "key_ind"])
+        chk.check_row_flags(fn, "write", write, b)
+        refit = write if refit is None else refit
+        chk.check_row_flags(fn, "refit", refit, b)
+        if memory.initialized.shape != (b, o):
+            raise VosjaxError(
+                f"{fn}: memory holds {memory.initialized.shape} (videos, objects) but the masks have "
+                f"{(b, o)}; build it with init_memory(batch={b}, num_objects={o})."
+            )
+        s = self.settings
+        c, d = s.feature_dim, s.enc_dim
+        bank = memory.templates
+        hh, ww = feats["key"].shape[2:4]
+        p = hh * ww
+        if bank.keys.shape[2] != p:
+            raise VosjaxError(
+                f"{fn}: memory was built for feat_shape with {bank.keys.shape[2]} positions, the "
+                f"features have {hh} x {ww}; call init_memory with feat_shape=({hh}, {ww})."
+            )
+        enc = self._labels(variables, masks)  # [B, O, T, h, w, D]
+        for i in range(t):
+            keys = jnp.concatenate([feats["key"][:, i], feats["key_ind"][:, i]], axis=-1)
+            vals = jnp.stack([enc[k][:, :, i] for k in ("e_tra", "e_ind", "weights")], axis=-2)
+            vals = jnp.moveaxis(vals, 1, 3)  # [B, h, w, O, 3, D]
+            bank = bank_insert(
+                bank, keys.reshape(b, p, 2 * c), vals.reshape(b, p, o * 3 * d), True, write
+            )
+
+        z_tra = bank.keys[..., :c]
+        encoded = lax.cond(
+            jnp.any(write),
+            lambda: self.net.apply(variables, z_tra, bank.valid, method=_JointNet.encode_templates),
+            lambda: memory.encoded.astype(z_tra.dtype),
+        )
+        encoded = _select(write, encoded.astype(jnp.float32), memory.encoded)
+
+        # the learner's training set: all valid templates, invalid slots weighted 0
+        sm = bank.keys.shape[1]
+        z_ind = bank.keys[..., c:].reshape(b, sm, hh, ww, c).astype(jnp.float32)
+        v = bank.values.reshape(b, sm, hh, ww, o, 3, d).astype(jnp.float32)
+        v = jnp.moveaxis(v, 4, 1)  # [B, O, S, h, w, 3, D]
+        slot = bank.valid[:, None, :, None, None, None].astype(jnp.float32)
+        e_ind, wts = v[..., 1, :], v[..., 2, :] * slot
+
+        need_init = write[:, None] & obj_valid & ~memory.initialized
+        do_refit = refit[:, None] & obj_valid & memory.initialized
+        zeros = jnp.zeros_like(memory.filters)
+        f_init = lax.cond(
+            jnp.any(need_init),
+            lambda: self._fit(variables, z_ind, e_ind, wts, zeros, s.learner_iters_init),
+            lambda: zeros,
+        )
+        f_upd = lax.cond(
+            jnp.any(do_refit),
+            lambda: self._fit(variables, z_ind, e_ind, wts, memory.filters, s.learner_iters_update),
+            lambda: memory.filters,
+        )
+        filters = _select(need_init, f_init, _select(do_refit, f_upd, memory.filters))
+        return JointMemory(bank, encoded, filters, memory.initialized | need_init)
+
+    # -- segmentation ----------------------------------------------------------------------
+    def mask_encodings(
+        self, variables, memory: JointMemory, feats: Feats
+    ) -> tuple[Float[Array, "B O T h w D"], Float[Array, "B O T h w D"]]:
+        """``(E_tra*, E_ind*)`` of the query frames: the two branches' outputs before eq. 7."""
+        fn = "JOINT.mask_encodings"
+        b, t, _, _ = chk.check_feats(fn, feats, ["key", "key_ind"])
+        s = self.settings
+        c, d = s.feature_dim, s.enc_dim
+        bank = memory.templates
+        o = memory.filters.shape[1]
+        hh, ww = feats["key"].shape[2:4]
+        p, sm = hh * ww, bank.keys.shape[1]
+        if bank.keys.shape[2] != p or bank.keys.shape[0] != b:
+            raise VosjaxError(
+                f"{fn}: memory was built for batch {bank.keys.shape[0]} and {bank.keys.shape[2]} "
+                f"positions, the features have batch {b} and {hh} x {ww}."
+            )
+        e_tra = bank.values.reshape(b, sm, p, o, 3, d)[..., 0, :].reshape(b, sm, p, o * d)
+        x = feats["key"].reshape(b, t, p, c)
+        star = self.net.apply(
+            variables,
+            x,
+            memory.encoded.astype(x.dtype),
+            e_tra,
+            bank.valid,
+            method=_JointNet.transduce,
+        )
+        e_tra_star = jnp.moveaxis(star.reshape(b, t, hh, ww, o, d), 4, 1).astype(jnp.float32)
+        x_ind = feats["key_ind"].astype(jnp.float32)
+        e_ind_star = jax.vmap(jax.vmap(lwl.apply, (0, None)))(memory.filters, x_ind)
+        return e_tra_star, e_ind_star
+
+    def segment(
+        self,
+        variables: Variables,
+        memory: JointMemory,
+        feats: Feats,
+        obj_valid: Bool[Array, "B O"],
+        options: SegmentOptions = DEFAULT_OPTIONS,
+    ) -> Float[Array, "B O T H W"]:
+        """Per-object logits ``S(E_tra* + E_ind*, x^1..x^4)`` (eq. 7) at full resolution.
+
+        Slots with ``obj_valid`` False get :data:`~vosjax.ops.aggregate.INVALID_LOGIT`.
+        """
+        fn = "JOINT.segment"
+        if not isinstance(memory, JointMemory):
+            raise VosjaxError(
+                f"{fn}: 'memory' must come from JOINT.init_memory, got {type(memory).__name__}."
+            )
+        b, t, h, w = chk.check_feats(fn, feats, ["key", "key_ind", *_PROJ.values()])
+        o = chk.check_obj_valid(fn, obj_valid, b, memory.filters.shape[1])
+        e_tra_star, e_ind_star = self.mask_encodings(variables, memory, feats)
+        enc = e_tra_star + e_ind_star  # [B, O, T, h, w, D]
+
+        def per_object(a: Array) -> Array:
+            a = jnp.broadcast_to(a[:, None], (b, o) + a.shape[1:])
+            return a.reshape((b * o * t,) + a.shape[3:])
+
+        proj = {d: per_object(feats[_PROJ[d]]) for d in DEPTHS}
+        logits = self.net.apply(
+            variables,
+            proj,
+            enc.reshape((b * o * t,) + enc.shape[3:]),
+            (h, w),
+            method=_JointNet.decode,
+        )
+        logits = logits.reshape(b, o, t, h, w)
+        return jnp.where(obj_valid[:, :, None, None, None], logits, INVALID_LOGIT)
