@@ -22,18 +22,18 @@ def get_config():
     )
     source = P.synthetic_source("demo", "train")
     P.add_stage(
-        c, "video", steps=2000,
-        data=P.data(source, sampler="stcn", batch_size=8, crop_size=(64, 64), max_objects=2,
+        c, "video", steps=800,
+        data=P.data(source, sampler="stcn", batch_size=4, crop_size=(64, 64), max_objects=2,
                     gap_schedule=((0.3, 2), (0.6, 4), (1.0, 6)), num_threads=2, prefetch=4),
-        optim=P.optim(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_steps=100,
+        optim=P.optim(name="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_steps=50,
                       final_lr_fraction=0.05, clip_norm=1.0),
     )
     c.inference = ml_collections.ConfigDict(
         {"top_k": 20, "memory_policy": "every_k", "mem_every": 3, "max_objects": 2}
     )
     c.eval.source = P.synthetic_source("demo", "val")
-    c.eval.every_steps = 500
+    c.eval.every_steps = 0  # once, at the end
     c.eval.max_videos = 0
-    c.checkpoint.every_steps = 500
+    c.checkpoint.every_steps = 200
     c.log.every_steps = 50
     return c

@@ -131,6 +131,11 @@ class TrainCheckpointer:
             enable_async_checkpointing=False,
         )
         self._mngr = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
+        # Orbax removes unfinished saves in a background thread and only waits for it
+        # before the next save; wait now so a restart starts from a clean directory.
+        wait = getattr(self._mngr, "_maybe_await_cleanup_tmp_directory", None)
+        if wait is not None:
+            wait()
 
     # -- queries -------------------------------------------------------------------------
     def latest_step(self) -> int | None:

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Shaped
 
 from vosjax.errors import VosjaxError
 
@@ -189,7 +190,9 @@ def local_batch_size(global_batch: int, mesh: Mesh) -> int:
     return global_batch // jax.process_count()
 
 
-def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+def shard_batch(
+    batch: Mapping[str, Shaped[np.ndarray, "b ..."]], mesh: Mesh
+) -> dict[str, Shaped[jax.Array, "B ..."]]:
     """Assemble each process's block of the batch into global arrays sharded over ``"data"``.
 
     ``batch[k]`` is this process's ``[B / num_processes, ...]`` block (global

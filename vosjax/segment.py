@@ -32,7 +32,7 @@ file. A mask whose size differs slightly from its frame (same aspect ratio to
 1 %) is resized with a warning. 255 (void) counts as background.
 
 Outputs (every file written atomically): ``OUT/<seq>/<frame>.png`` for every
-frame; with ``--overlay`` ``OUT/overlays/<seq>/<frame>.jpg``; with ``--mp4``
+frame; with ``--overlay`` ``OUT/overlays/<seq>/<frame>.png``; with ``--mp4``
 ``OUT/overlays/<seq>.mp4``. ``OUT`` is then a results folder for
 ``python -m vosjax.evaluate``.
 """
@@ -268,7 +268,7 @@ def segment_sequence(
                 img = draw(images[pred.index], pred.labels, palette)
                 images[pred.index] = None  # frames are released once drawn
                 if overlay:
-                    write_image(out / "overlays" / seq.name / f"{name}.jpg", img)
+                    write_image(out / "overlays" / seq.name / f"{name}.png", img)
                 if mp4:
                     video_frames.append(img)
             count += 1
@@ -305,7 +305,7 @@ def _write_mp4(path: pathlib.Path, frames: list[np.ndarray], fps: int = 24) -> N
     except Exception as e:
         raise VosjaxError(
             f"segment: cannot write {path} ({type(e).__name__}: {e}); --mp4 needs a video "
-            "backend (pip install av). The PNGs and --overlay JPEGs do not."
+            "backend (pip install av). The PNGs and --overlay images do not."
         ) from e
 
 
@@ -378,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="any EngineConfig field, e.g. --engine mem_every=10 (repeatable)",
     )
-    p.add_argument("--overlay", action="store_true", help="also write overlay JPEGs")
+    p.add_argument("--overlay", action="store_true", help="also write overlay PNGs")
     p.add_argument("--mp4", action="store_true", help="also write an overlay mp4 per sequence")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

@@ -155,7 +155,7 @@ def test_demo_sequences_smoke(bundle, davis_demo, tmp_path):
                     if given.shape == lab.shape:
                         np.testing.assert_array_equal(lab == k, given == k)
                     assert k in present
-        assert len(list((out / "overlays" / seq).glob("*.jpg"))) == n
+        assert len(list((out / "overlays" / seq).glob("*.png"))) == n
 
 
 def test_video_file_input(bundle, tmp_path):

@@ -199,8 +199,11 @@ def test_one_device_eight_devices_and_two_processes_agree(tmp_path, compile_cach
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["stcn", "trickvos", "pcvos", "cyclic", "joint", "frtm", "tracker"])
-def test_tiny_config_loss_decreases(method):
+@pytest.mark.parametrize("method, overrides", [
+    ("stcn", ()), ("stcn", ("--config.model.dtype=bfloat16",)), ("trickvos", ()), ("pcvos", ()),
+    ("cyclic", ()), ("joint", ()), ("frtm", ()), ("tracker", ()),
+])
+def test_tiny_config_loss_decreases(method, overrides):
     """The tiny config's model, objective and optimizer, on one batch of its own pipeline:
     a few sharded train steps must lower the loss (the same batch each step, so the
     decrease is not noise)."""
@@ -213,7 +216,11 @@ def test_tiny_config_loss_decreases(method):
     from vosjax.training.schema import data_pipeline_config, stage_list
     from vosjax.training.state import build_model, init_state, init_variables, make_train_step
 
-    config = build_config(f"configs/{method}.py:tiny")
+    config = build_config(f"configs/{method}.py:tiny", list(overrides))
+    name, stage = stage_list(config)[-1]
+    config = build_config(f"configs/{method}.py:tiny", [
+        *overrides, f"--config.stages.{name}.data.batch_size=4",
+        f"--config.stages.{name}.data.crop_size=32,32"])  # CPU-sized: one sample per core and a half
     _, stage = stage_list(config)[-1]
     data_cfg = data_pipeline_config(stage, stage.steps)
     mesh = parallel.make_mesh(jax.devices()[:1])  # 8 forced devices on 2 cores only slow it down

@@ -34,7 +34,6 @@ for stochastic recipes. ``metrics`` is a dict of scalars for logging.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -88,4 +87,4 @@ def make_objective(config: Any) -> Objective:
     module, fn_name, cls_name = OBJECTIVES[name]
     mod = importlib.import_module(module)
     options = parse_options(getattr(mod, cls_name), config, "objective")
-    return Objective(name, options, functools.partial(getattr(mod, fn_name)))
+    return Objective(name, options, getattr(mod, fn_name))
