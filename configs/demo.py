@@ -18,7 +18,7 @@ def get_config():
     c = P.base(seed=0)
     c.model = default_config("stcn", tiny=True)
     c.objective = ml_collections.ConfigDict(
-        {"name": "stcn", "top_p": 0.5, "start_warm": 500, "end_warm": 1500}
+        {"name": "stcn", "top_p": 0.5, "start_warm": 200, "end_warm": 600}
     )
     source = P.synthetic_source("demo", "train")
     P.add_stage(

@@ -42,8 +42,8 @@ def get_config(arg=None):
         return c
     c.inference.memory_frames = 3
     P.add_stage(c, "video", steps=30,
-                optim=P.optim(name="adam", lr=1e-3, clip_norm=1.0, freeze=("^backbone/",),
-                              freeze_until=10),
+                optim=P.optim(name="adam", lr=1e-2, clip_norm=1.0, freeze=("^backbone/",),
+                              freeze_until=10),  # the paper's initial lr: Lovasz moves slowly at 1e-3
                 data=P.data(P.synthetic_source("demo"), sampler="joint", window=8, batch_size=8,
                             crop_size=(64, 64), max_objects=2))
     P.tiny_trainer(c)

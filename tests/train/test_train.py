@@ -170,7 +170,13 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_one_device_eight_devices_and_two_processes_agree(tmp_path, compile_cache):
-    steps = ["--config.stages.video.steps=3", "--config.checkpoint.every_steps=3"] + SMALL
+    # Adam divides by sqrt(v) + eps: with the default eps a parameter whose gradient is
+    # near zero moves by about lr * sign(g), so a last-bit difference in the summation order
+    # of the devices' gradients can flip it (seen: 8 of 147456 weights off by 7e-5). A large
+    # eps keeps the update proportional to tiny gradients; the comparison then tests the
+    # sharded computation itself, to float tolerance.
+    steps = ["--config.stages.video.steps=3", "--config.checkpoint.every_steps=3",
+             "--config.stages.video.optim.eps=1e-3"] + SMALL
     run_ok(cli(tmp_path / "d1", *steps), cli_env(compile_cache, 1))
     fsdp = ["--config.parallel.fsdp=true", "--config.parallel.fsdp_min_size=4096"]
     run_ok(cli(tmp_path / "d8", *steps, *fsdp), cli_env(compile_cache, 8))
@@ -191,11 +197,11 @@ def test_one_device_eight_devices_and_two_processes_agree(tmp_path, compile_cach
     l1, l8, l2 = losses(tmp_path / "d1"), losses(tmp_path / "d8"), losses(tmp_path / "p2")
     assert l1.keys() == l8.keys() == l2.keys() == {1, 2, 3}
     np.testing.assert_allclose([l8[k] for k in l8], [l1[k] for k in l8], rtol=1e-4)
-    np.testing.assert_allclose([l2[k] for k in l2], [l8[k] for k in l8], rtol=1e-6)
+    np.testing.assert_allclose([l2[k] for k in l2], [l8[k] for k in l8], rtol=1e-5)
     p1, p8, p2 = (bundle_params(tmp_path / d) for d in ("d1", "d8", "p2"))
     for x1, x8, x2 in zip(_leaves(p1), _leaves(p8), _leaves(p2)):
         np.testing.assert_allclose(x8, x1, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(x2, x8, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(x2, x8, rtol=1e-4, atol=1e-5)  # cross-process sums: another order
 
 
 @pytest.mark.slow

@@ -54,7 +54,8 @@ from vosjax.errors import VosjaxError
 from vosjax.learners import frtm as tm
 from vosjax.models import backbones
 from vosjax.models import frtm_common as chk
-from vosjax.models.base import Feats, SegmentOptions, Variables, VOSModel
+from vosjax.models.backbone_segnet import BackboneSegnetModel, config_reader
+from vosjax.models.base import Feats, SegmentOptions, Variables
 from vosjax.models.frtm_decoder import DEPTHS, SegmentationNetwork
 from vosjax.ops.aggregate import INVALID_LOGIT
 
@@ -141,17 +142,7 @@ class _Settings:
 
 def _settings(config: Any) -> _Settings:
     fn = "FRTM"
-    base = default_config("full")
-    unknown = sorted(set(config.keys()) - set(base.keys()))
-    if unknown:
-        raise VosjaxError(
-            f"{fn}: unknown model config fields {unknown}; valid: {sorted(base.keys())}."
-        )
-    get = lambda k: config.get(k, base[k])
-    if get("backbone") not in backbones.BACKBONES:
-        raise VosjaxError(
-            f"{fn}: config 'backbone' is {get('backbone')!r}; choose one of {backbones.BACKBONES}."
-        )
+    get = config_reader(fn, config, default_config("full"))
     num_gn = chk.check_positive_int(fn, "num_gn_init", get("num_gn_init"))
     cg = get("num_cg_init")
     cg = tuple(int(v) for v in (cg if isinstance(cg, (tuple, list)) else (cg,) * num_gn))
@@ -262,7 +253,7 @@ def _select(mask: Array, new: Any, old: Any) -> Any:
     return jax.tree_util.tree_map(pick, new, old)
 
 
-class FRTM(VOSModel):
+class FRTM(BackboneSegnetModel):
     """FRTM behind the :class:`~vosjax.models.base.VOSModel` interface.
 
     ``feats`` of :meth:`encode_key`: ``"key"`` backbone conv4_x (stride 16) features
@@ -280,16 +271,8 @@ class FRTM(VOSModel):
         s = self.settings
         self.net = _FRTMNet(s.backbone, s.train_bn, s.freeze_backbone, s.channels, s.dtype)
         self.feature_channels = backbones.feature_channels(s.backbone)["s16"]
-        self._bn_trains = s.train_bn and not s.freeze_backbone
-
-    def _apply(self, variables, *args, method, train: bool = False):
-        """``net.apply``; a training-mode pass with trainable batch norm normalises with the
-        batch statistics (running statistics move only through :meth:`update_batch_stats`)."""
-        if train and self._bn_trains:
-            return self.net.apply(variables, *args, train, method=method, mutable=["batch_stats"])[
-                0
-            ]
-        return self.net.apply(variables, *args, train, method=method)
+        self.bn_trains = s.train_bn and not s.freeze_backbone
+        self.bn_method = _FRTMNet.features
 
     # -- parameters ------------------------------------------------------------------------
     def init(
@@ -304,61 +287,15 @@ class FRTM(VOSModel):
         Drawn by :func:`vosjax.models.frtm_common.init_variables` (one random
         draw; torchvision rule for the backbone, LeCun normal for S).
         """
-        fn = "FRTM.init"
-        b, t, h, w = chk.check_frames(fn, frames)
-        chk.check_masks(fn, masks, (b, t, h, w))
-        chk.check_obj_valid(fn, obj_valid, b, masks.shape[1])
+        self._check_clip("FRTM.init", frames, masks, obj_valid)
         init = lambda key, x: self.net.init(key, x, method=_FRTMNet.init_all)
         return chk.init_variables(init, rng, frames[:1, 0])
-
-    def update_batch_stats(
-        self,
-        variables: Variables,
-        frames: Float[Array, "B T H W 3"],
-        masks: Float[Array, "B O T H W"],
-        obj_valid: Bool[Array, "B O"],
-    ) -> Variables:
-        """With ``train_bn`` and a trainable backbone: one training-mode pass over ``frames``
-        that returns ``variables`` with the backbone's running statistics moved towards this
-        batch's (r <- 0.9 r + 0.1 stat). Otherwise ``variables`` unchanged."""
-        if not self._bn_trains:
-            return variables
-        b, t, h, w = chk.check_frames("FRTM.update_batch_stats", frames)
-        _, upd = self.net.apply(
-            variables,
-            frames.reshape(b * t, h, w, 3),
-            True,
-            method=_FRTMNet.features,
-            mutable=["batch_stats"],
-        )
-        return {**variables, "batch_stats": upd["batch_stats"]}
-
-    def backbone_paths(self) -> dict[str, tuple[tuple[str, ...], str, int]]:
-        """``{"backbone": (("backbone",), arch, 3)}``: where ImageNet weights go."""
-        return {"backbone": (("backbone",), self.settings.backbone, 3)}
-
-    def decoder_paths(self) -> list[tuple[str, ...]]:
-        """The decoder (segmentation network S) subtree, for TrickVOS decoder pretraining."""
-        return [("segnet",)]
 
     def trainable_paths(self) -> list[tuple[str, ...]]:
         """Param subtrees trained offline: S, plus the backbone unless it is frozen."""
         return [("segnet",)] if self.settings.freeze_backbone else [("segnet",), ("backbone",)]
 
-    # -- query features --------------------------------------------------------------------
-    def encode_key(
-        self, variables: Variables, frames: Float[Array, "B T H W 3"], *, train: bool = False
-    ) -> Feats:
-        """Backbone features of every frame: ``key`` = x^16 ``[B, T, h, w, C]``, S's projections,
-        ``frame_hw``."""
-        b, t, h, w = chk.check_frames("FRTM.encode_key", frames)
-        out = self._apply(
-            variables, frames.reshape(b * t, h, w, 3), method=_FRTMNet.encode, train=train
-        )
-        feats = {k: v.reshape((b, t) + v.shape[1:]) for k, v in out.items()}
-        feats[chk.SIZE_KEY] = chk.size_marker(b, t, h, w)
-        return feats
-
+    # -- memory samples --------------------------------------------------------------------
     def _labels(self, masks: Array, grid: tuple[int, int]) -> Array:
         """Masks ``[..., H, W]`` on the label grid (bilinear, antialiased), float32."""
         lead = masks.shape[:-2]

@@ -52,7 +52,8 @@ from vosjax.errors import VosjaxError
 from vosjax.learners import lwl
 from vosjax.models import backbones
 from vosjax.models import frtm_common as chk
-from vosjax.models.base import Feats, SegmentOptions, Variables, VOSModel
+from vosjax.models.backbone_segnet import BackboneSegnetModel, config_reader
+from vosjax.models.base import Feats, SegmentOptions, Variables
 from vosjax.models.frtm_decoder import DEPTHS, SegmentationNetwork
 from vosjax.models.joint_transformer import TAU, TransformerDecoder, TransformerEncoder
 from vosjax.ops.aggregate import INVALID_LOGIT
@@ -128,17 +129,7 @@ class _Settings:
 
 def _settings(config: Any) -> _Settings:
     fn = "JOINT"
-    base = default_config("full")
-    unknown = sorted(set(config.keys()) - set(base.keys()))
-    if unknown:
-        raise VosjaxError(
-            f"{fn}: unknown model config fields {unknown}; valid: {sorted(base.keys())}."
-        )
-    get = lambda k: config.get(k, base[k])
-    if get("backbone") not in backbones.BACKBONES:
-        raise VosjaxError(
-            f"{fn}: config 'backbone' is {get('backbone')!r}; choose one of {backbones.BACKBONES}."
-        )
+    get = config_reader(fn, config, default_config("full"))
     pos = lambda k: chk.check_positive_int(fn, k, get(k))
     kernel = pos("learner_kernel")
     if kernel % 2 == 0:
@@ -286,7 +277,7 @@ def _select(mask: Array, new: Array, old: Array) -> Array:
     return jnp.where(m, new, old)
 
 
-class JOINT(VOSModel):
+class JOINT(BackboneSegnetModel):
     """JOINT behind the :class:`~vosjax.models.base.VOSModel` interface.
 
     ``feats`` of :meth:`encode_key`: ``"key"`` (transduction) and ``"key_ind"``
@@ -302,37 +293,8 @@ class JOINT(VOSModel):
         super().__init__(config)
         self.settings = _settings(config)
         self.net = _JointNet(self.settings)
-
-    def _apply(self, variables, *args, method, train: bool = False):
-        """``net.apply``; a training-mode pass with ``train_bn`` normalises with the batch
-        statistics (running statistics move only through :meth:`update_batch_stats`)."""
-        if train and self.settings.train_bn:
-            return self.net.apply(variables, *args, train, method=method, mutable=["batch_stats"])[
-                0
-            ]
-        return self.net.apply(variables, *args, train, method=method)
-
-    def update_batch_stats(
-        self,
-        variables: Variables,
-        frames: Float[Array, "B T H W 3"],
-        masks: Float[Array, "B O T H W"],
-        obj_valid: Bool[Array, "B O"],
-    ) -> Variables:
-        """With ``train_bn``: one training-mode pass over ``frames`` that returns ``variables``
-        with the backbone's running statistics moved towards this batch's
-        (r <- 0.9 r + 0.1 stat). With frozen batch norm ``variables`` unchanged."""
-        if not self.settings.train_bn:
-            return variables
-        b, t, h, w = chk.check_frames("JOINT.update_batch_stats", frames)
-        _, upd = self.net.apply(
-            variables,
-            frames.reshape(b * t, h, w, 3),
-            True,
-            method=_JointNet.encode,
-            mutable=["batch_stats"],
-        )
-        return {**variables, "batch_stats": upd["batch_stats"]}
+        self.bn_trains = self.settings.train_bn
+        self.bn_method = _JointNet.encode
 
     # -- parameters ------------------------------------------------------------------------
     def init(
@@ -349,10 +311,7 @@ class JOINT(VOSModel):
         draw; torchvision rule for the backbone, LeCun normal for the rest,
         ``learner_reg = learner_reg_init``).
         """
-        fn = "JOINT.init"
-        b, t, h, w = chk.check_frames(fn, frames)
-        chk.check_masks(fn, masks, (b, t, h, w))
-        chk.check_obj_valid(fn, obj_valid, b, masks.shape[1])
+        self._check_clip("JOINT.init", frames, masks, obj_valid)
         init = lambda key, x, m: self.net.init(key, x, m, method=_JointNet.init_all)
         return chk.init_variables(
             init,
@@ -361,27 +320,6 @@ class JOINT(VOSModel):
             masks[0, 0],
             constants={"learner_reg": self.settings.learner_reg_init},
         )
-
-    def backbone_paths(self) -> dict[str, tuple[tuple[str, ...], str, int]]:
-        """``{"backbone": (("backbone",), arch, 3)}``: where ImageNet weights go."""
-        return {"backbone": (("backbone",), self.settings.backbone, 3)}
-
-    def decoder_paths(self) -> list[tuple[str, ...]]:
-        """The segmentation decoder subtree (eq. 7), for TrickVOS decoder pretraining."""
-        return [("segnet",)]
-
-    # -- encoders --------------------------------------------------------------------------
-    def encode_key(
-        self, variables: Variables, frames: Float[Array, "B T H W 3"], *, train: bool = False
-    ) -> Feats:
-        """Reduced layer3 features of both branches and the decoder's skip projections."""
-        b, t, h, w = chk.check_frames("JOINT.encode_key", frames)
-        out = self._apply(
-            variables, frames.reshape(b * t, h, w, 3), method=_JointNet.encode, train=train
-        )
-        feats = {k: v.reshape((b, t) + v.shape[1:]) for k, v in out.items()}
-        feats[chk.SIZE_KEY] = chk.size_marker(b, t, h, w)
-        return feats
 
     def encode_value(
         self,
