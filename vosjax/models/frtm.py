@@ -14,7 +14,8 @@ sample (weight growth eta = 0.1, capacity 80, lowest weight evicted) and,
 where ``refit`` (the engine passes it every t_s = 8 frames), refits w2 with
 w1 fixed (1 GN step, 10 CG iterations). The fast variant uses ResNet-18,
 N_GN = 4 and 5 CG iterations in updates. The paper's final model uses
-ResNet-101; vosjax builds ResNet-50 ("full") and ResNet-18 ("fast") only.
+ResNet-101 (``backbone="resnet101"`` here); the variants default to ResNet-50
+("full") and ResNet-18 ("fast").
 
 Exact reformulation used for memory. Updates keep w1 fixed, so the sample
 memory stores the projected features ``h_k = w1 * x_k`` (96 channels per
