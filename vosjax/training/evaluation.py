@@ -6,32 +6,22 @@
 ``vosjax.inference.evaluate_source`` (first and last frames excluded,
 J&F-Mean = mean of J-Mean and F-Mean over all objects). Every process runs
 it on its own copy of the variables, so all of them see the same numbers (the
-checkpoint manager needs them on every process). Where the engine is not
-installed the evaluation is skipped with a logged message.
+checkpoint manager needs them on every process).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
 
 from vosjax.data import copy_first_mask_baseline, make_source
 from vosjax.errors import VosjaxError
+from vosjax.inference import EngineConfig, evaluate_source
 from vosjax.parallel import to_host
 
-__all__ = ["baseline", "evaluate", "evaluation_available"]
-
-
-def evaluation_available() -> bool:
-    """True when ``vosjax.inference.evaluate_source`` exists."""
-    try:
-        from vosjax.inference import evaluate_source  # noqa: F401
-    except ImportError:
-        return False
-    return True
+__all__ = ["baseline", "evaluate"]
 
 
 def _max_videos(config: Any) -> int | None:
@@ -39,15 +29,11 @@ def _max_videos(config: Any) -> int | None:
     return n if n > 0 else None
 
 
-def evaluate(model: Any, variables: Any, config: Any, log: Callable[[str], None] = print) -> dict[str, float] | None:
-    """DAVIS global metrics (``"J&F-Mean"``, ``"J-Mean"``, ...) on the eval split, or None if skipped."""
+def evaluate(model: Any, variables: Any, config: Any) -> dict[str, float] | None:
+    """DAVIS global metrics (``"J&F-Mean"``, ``"J-Mean"``, ...) on the eval split, or None
+    without ``config.eval.source``."""
     if not config.eval.get("source"):
         return None
-    if not evaluation_available():
-        log("eval: skipped, the inference engine (vosjax.inference.evaluate_source) is not installed")
-        return None
-    from vosjax.inference import EngineConfig, evaluate_source
-
     engine_cfg = EngineConfig.from_config(config.get("inference", {}))
     source = make_source(config.eval.source)
     host = to_host(variables)

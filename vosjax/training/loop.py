@@ -196,7 +196,7 @@ class Run:
                 window.append(metrics)
                 bar.update(1)
                 if step % int(config.log.every_steps) == 0 or step == end:
-                    mean = self._log_train(step, name, window, time.time() - t_window, data_cfg.batch_size)
+                    mean = self._log_train(step, name, window, t_window, data_cfg.batch_size)
                     bar.set_postfix(loss=f"{mean['loss']:.4f}")
                     window, t_window = [], time.time()
                 eval_metrics = self._maybe_evaluate(step, state["variables"])
@@ -207,8 +207,11 @@ class Run:
         bar.close()
         return state["variables"], state["rng"]
 
-    def _log_train(self, step: int, stage: str, window: list, seconds: float, batch: int) -> dict:
+    def _log_train(self, step: int, stage: str, window: list, t_window: float, batch: int) -> dict:
+        # Steps are dispatched asynchronously: time the window only once its metrics are on
+        # the host, i.e. once every step in it has finished computing.
         host = parallel.to_host(window)
+        seconds = time.time() - t_window
         mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         mean["steps_per_sec"] = len(window) / max(seconds, 1e-9)
         mean["clips_per_sec"] = mean["steps_per_sec"] * batch
@@ -226,7 +229,7 @@ class Run:
         due = (every and step % every == 0) or (step == self.total and self.config.eval.at_end)
         if not due:
             return None
-        out = evaluation.evaluate(self.model, variables, self.config, self.log)
+        out = evaluation.evaluate(self.model, variables, self.config)
         if out is not None:
             self.writer.write(step, {f"eval/{k}": v for k, v in out.items()})
             self.log(f"eval @ {step}: {_fmt(out, _EVAL_KEYS)}")
@@ -239,7 +242,7 @@ class Run:
         config = self.config
         final = self.last_eval
         if config.eval.at_end and self.last_eval_step != self.total:  # e.g. resumed with nothing left
-            final = evaluation.evaluate(self.model, variables, config, self.log) or final
+            final = evaluation.evaluate(self.model, variables, config) or final
         base = evaluation.baseline(config) if final is not None else None
         bundle = None
         if config.export.bundle:
@@ -271,7 +274,7 @@ class Run:
                          f"{100 * (ev['J&F-Mean'] - base['J&F-Mean']):+.1f} points")
             lines.append(line)
         elif self.config.eval.get("source"):
-            lines.append("  evaluation skipped (the inference engine is not installed)")
+            lines.append("  no evaluation ran (eval.every_steps is 0 and eval.at_end is False)")
         if s["bundle"]:
             lines.append(f"  bundle: {s['bundle']}")
         return "\n".join(lines)
