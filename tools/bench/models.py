@@ -1,6 +1,7 @@
 """Model sizes (and optionally per-frame step times) of every method at full size.
 
-    python tools/benchmark.py models [--detail] [--time] [--methods a,b] [--objects 2] [--repeats 5]
+    python tools/benchmark.py models [--detail] [--time] [--depthwise] [--methods a,b] [--objects 2]
+                                     [--repeats 5]
 
 Parameter counts: trainable parameters (``variables["params"]``; batch-norm
 running statistics excluded) of each registry entry's default full-size
@@ -9,6 +10,12 @@ allocated or compiled), next to the figure the paper gives where it gives one.
 Methods whose module is not in the repository (or has no ``default_config``)
 are listed as skipped with the reason. ``--detail`` adds the count of each
 top-level parameter group (encoders, fusion, decoder, ...).
+
+``--depthwise``: the depthwise convolutions of a MobileNetV2 (TrickVOS's
+lightweight encoders) at 480 x 854, each timed as vosjax computes it
+(:func:`vosjax.ops.depthwise.depthwise_conv2d`, fused shifted slices) and as
+XLA's grouped convolution (``feature_group_count = C``, the baseline), with
+the ratio per layer and over the whole network.
 
 ``--time``: median time of one jitted per-frame step at the method's input
 size (batch 1, ``--objects`` objects): ``encode_key`` of the frame, ``segment``
@@ -26,8 +33,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from bench.common import fmt_ms, machine_line, time_fn
+from vosjax.models.backbones import _MBV2_SETTINGS, _MBV2_STEM
+from vosjax.ops.depthwise import depthwise_conv2d
 from vosjax.models import REGISTRY, get_model
 from vosjax.models.base import SegmentOptions
 
@@ -134,11 +145,47 @@ def step_times(built: dict[str, tuple[Any, Any]], objects: int, repeats: int) ->
         print(f"  {name:10s} {hw[0]}x{hw[1]:<5d}{fmt_ms(t['median'])}  {ratio}")
 
 
+def mbv2_depthwise_layers(h: int, w: int) -> list[tuple[int, int, int, int]]:
+    """``(H, W, C, stride)`` of the input of every 3x3 depthwise conv of MobileNetV2 up to
+    stride 16 (``features.1`` .. ``features.13``) for an ``h x w`` image."""
+    size = lambda n, s: -(-n // s)
+    h, w, c, out = size(h, 2), size(w, 2), _MBV2_STEM, []
+    for t, ch, n, first in _MBV2_SETTINGS[:5]:  # (t, c, n, s) up to the 96-channel s16 stage
+        for i in range(n):
+            s = first if i == 0 else 1
+            out.append((h, w, c * t, s))
+            h, w, c = size(h, s), size(w, s), ch
+    return out
+
+
+def depthwise_times(repeats: int) -> None:
+    print(f"\nMobileNetV2 depthwise 3x3 convs (features.1-13) at {FULL_SIZE[0]}x{FULL_SIZE[1]}, "
+          "batch 1: vosjax (fused shifted slices) vs XLA grouped conv (baseline)")
+    rng = np.random.default_rng(0)
+    tot_ours = tot_base = 0.0
+    for h, w, c, s in mbv2_depthwise_layers(*FULL_SIZE):
+        x = jnp.asarray(rng.normal(size=(1, h, w, c)), jnp.float32)
+        k = jnp.asarray(rng.normal(size=(3, 3, 1, c)), jnp.float32)
+        ours = jax.jit(lambda a, b, s=s: depthwise_conv2d(a, b, s, (1, 1)))
+        base = jax.jit(lambda a, b, s=s, c=c: lax.conv_general_dilated(
+            a, b, (s, s), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=c))
+        t_ours = time_fn(lambda: ours(x, k), repeats=repeats)["median"]
+        t_base = time_fn(lambda: base(x, k), repeats=repeats)["median"]
+        tot_ours, tot_base = tot_ours + t_ours, tot_base + t_base
+        print(f"  {h:4d}x{w:<4d} C={c:<4d} s={s}  vosjax{fmt_ms(t_ours)}  grouped{fmt_ms(t_base)}"
+              f"  {t_ours / t_base:5.2f} x")
+    print(f"  all {len(mbv2_depthwise_layers(*FULL_SIZE))} layers: vosjax{fmt_ms(tot_ours)}  "
+          f"grouped{fmt_ms(tot_base)}  {tot_ours / tot_base:5.2f} x")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="benchmark.py models", description=__doc__)
     ap.add_argument("--detail", action="store_true", help="count per top-level parameter group")
     ap.add_argument("--time", action="store_true", help="also time one jitted per-frame step")
     ap.add_argument("--methods", default=",".join(REGISTRY), help="comma-separated subset")
+    ap.add_argument("--depthwise", action="store_true",
+                    help="time MobileNetV2's depthwise convs: vosjax vs grouped conv")
     ap.add_argument("--objects", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
@@ -150,4 +197,6 @@ def main(argv: list[str]) -> int:
     built = param_table(args.detail, methods)
     if args.time:
         step_times(built, args.objects, args.repeats)
+    if args.depthwise:
+        depthwise_times(args.repeats)
     return 0
