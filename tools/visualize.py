@@ -8,7 +8,7 @@
         [--lengths 1 5 10 15] [--sequences ...] [--size 240] [--table speed.json]
 
 - ``overlay``: every result PNG blended over its frame (palette colours, contours),
-  JPEGs in ``OUT/<seq>/``; ``--frames``/``--results`` take the layouts of
+  PNGs in ``OUT/<seq>/`` (as ``vosjax.segment --overlay`` writes them); ``--frames``/``--results`` take the layouts of
   ``python -m vosjax.segment`` (a DAVIS root, a folder of sequences, or one sequence).
 - ``erf``: cycle-ERF (cyclic VOS eq. 12) of every object of the target frame's mask,
   shown as a heat map over the reference frame (one panel per object, side by side).
@@ -17,7 +17,8 @@
   model per clip length ``L`` (per-frame L = 1, per-clip L > 1), as a line plot;
   ``--table`` also writes (or, with ``--plot-only``, reads) the measurements as JSON.
 
-Plots are SVG (no plotting library needed); images are JPEG / PNG.
+Plots are SVG (no plotting library needed); overlays are PNG, the erf image takes the
+format of its ``--out`` suffix (PNG or JPEG).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def overlay_folder(
                     f"{labels.shape[0]}, its frame {img.shape[1]}x{img.shape[0]}."
                 )
             write_image(
-                pathlib.Path(out) / seq.name / f"{p.stem}.jpg", overlay(img, labels, palette, alpha)
+                pathlib.Path(out) / seq.name / f"{p.stem}.png", overlay(img, labels, palette, alpha)
             )
             count += 1
     return count
