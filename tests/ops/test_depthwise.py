@@ -37,7 +37,7 @@ def reference_depthwise(x, kernel, stride, padding):
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(stride, padding):
     return jax.jit(lambda x, k: depthwise_conv2d(x, k, stride, padding))
 

@@ -27,6 +27,7 @@ device (compile time excluded).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import math
 from typing import Any
@@ -37,10 +38,10 @@ import numpy as np
 from jax import lax
 
 from bench.common import fmt_ms, machine_line, time_fn
-from vosjax.models.backbones import _MBV2_SETTINGS, _MBV2_STEM
-from vosjax.ops.depthwise import depthwise_conv2d
 from vosjax.models import REGISTRY, get_model
+from vosjax.models.backbones import _MBV2_SETTINGS, _MBV2_STEM
 from vosjax.models.base import SegmentOptions
+from vosjax.ops.depthwise import depthwise_conv2d
 
 FULL_SIZE = (480, 854)
 # Parameter figures the papers state (PAPERS.md / shared/papers); None = not stated.
@@ -170,8 +171,8 @@ def depthwise_times(repeats: int) -> None:
         base = jax.jit(lambda a, b, s=s, c=c: lax.conv_general_dilated(
             a, b, (s, s), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=c))
-        t_ours = time_fn(lambda: ours(x, k), repeats=repeats)["median"]
-        t_base = time_fn(lambda: base(x, k), repeats=repeats)["median"]
+        t_ours = time_fn(functools.partial(ours, x, k), repeats=repeats)["median"]
+        t_base = time_fn(functools.partial(base, x, k), repeats=repeats)["median"]
         tot_ours, tot_base = tot_ours + t_ours, tot_base + t_base
         print(f"  {h:4d}x{w:<4d} C={c:<4d} s={s}  vosjax{fmt_ms(t_ours)}  grouped{fmt_ms(t_base)}"
               f"  {t_ours / t_base:5.2f} x")
