@@ -244,16 +244,6 @@ def _bo(fn, in_axes_inner, in_axes_outer=None):
     return jax.vmap(inner, in_axes=in_axes_outer if in_axes_outer is not None else 0)
 
 
-def _select(mask: Array, new: Any, old: Any) -> Any:
-    """Per-row pytree select: leaves ``[B, O, ...]`` take ``new`` where ``mask [B, O]``."""
-
-    def pick(n, o):
-        m = mask.reshape(mask.shape + (1,) * (n.ndim - mask.ndim))
-        return jnp.where(m, n, o)
-
-    return jax.tree_util.tree_map(pick, new, old)
-
-
 class FRTM(BackboneSegnetModel):
     """FRTM behind the :class:`~vosjax.models.base.VOSModel` interface.
 
@@ -399,14 +389,14 @@ class FRTM(BackboneSegnetModel):
             lambda: self._initial(variables, memory, frame, masks, x, grid),
             lambda: (memory.target, memory.samples),
         )
-        target = _select(need_init, target, memory.target)
-        samples = _select(need_init, samples, memory.samples)
+        target = chk.select_rows(need_init, target, memory.target)
+        samples = chk.select_rows(need_init, samples, memory.samples)
 
         # extend the dataset (Algorithm 1, line 7) with the projected features w1 * x
         add = write[:, None] & ready
         proj = jnp.einsum("bhwc,boce->bohwe", x, target["w1"][:, :, 0, 0])
         added = _bo(lambda m, f, l: tm.memory_add(m, f, l, s.eta), (0, 0, 0))(samples, proj, y)
-        samples = _select(add, added, samples)
+        samples = chk.select_rows(add, added, samples)
 
         # update w2 with w1 fixed (line 9), on the projected samples
         do_refit = refit[:, None] & ready
@@ -427,7 +417,7 @@ class FRTM(BackboneSegnetModel):
             lambda: _bo(update_one, (0, 0))(target["w2"], samples),
             lambda: target["w2"],
         )
-        target = {"w1": target["w1"], "w2": _select(do_refit, w2, target["w2"])}
+        target = {"w1": target["w1"], "w2": chk.select_rows(do_refit, w2, target["w2"])}
         return FRTMMemory(target, samples, memory.initialized | need_init)
 
     def memorize(

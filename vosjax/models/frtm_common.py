@@ -146,6 +146,17 @@ def size_marker(b: int, t: int, h: int, w: int) -> Any:
     return jnp.zeros((b, t, h, w, 0), jnp.float32)
 
 
+def select_rows(mask: Any, new: Any, old: Any) -> Any:
+    """Per-row pytree select: leaves ``[B, O, ...]`` (or ``[B, ...]`` with ``mask [B]``)
+    take ``new`` where ``mask`` is True and ``old`` elsewhere."""
+
+    def pick(n, o):
+        m = mask.reshape(mask.shape + (1,) * (n.ndim - mask.ndim))
+        return jnp.where(m, n, o)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
 def check_feat_shape(fn: str, feat_shape: Any) -> tuple[int, int]:
     """``feat_shape`` is (h, w) of the stride-16 features, two positive ints."""
     try:

@@ -272,11 +272,6 @@ class JointMemory(NamedTuple):
     initialized: Bool[Array, "B O"]
 
 
-def _select(mask: Array, new: Array, old: Array) -> Array:
-    m = mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim))
-    return jnp.where(m, new, old)
-
-
 class JOINT(BackboneSegnetModel):
     """JOINT behind the :class:`~vosjax.models.base.VOSModel` interface.
 
@@ -437,7 +432,7 @@ class JOINT(BackboneSegnetModel):
             lambda: self.net.apply(variables, z_tra, bank.valid, method=_JointNet.encode_templates),
             lambda: memory.encoded.astype(z_tra.dtype),
         )
-        encoded = _select(write, encoded.astype(jnp.float32), memory.encoded)
+        encoded = chk.select_rows(write, encoded.astype(jnp.float32), memory.encoded)
 
         # the learner's training set: all valid templates, invalid slots weighted 0
         sm = bank.keys.shape[1]
@@ -460,7 +455,8 @@ class JOINT(BackboneSegnetModel):
             lambda: self._fit(variables, z_ind, e_ind, wts, memory.filters, s.learner_iters_update),
             lambda: memory.filters,
         )
-        filters = _select(need_init, f_init, _select(do_refit, f_upd, memory.filters))
+        filters = chk.select_rows(do_refit, f_upd, memory.filters)
+        filters = chk.select_rows(need_init, f_init, filters)
         return JointMemory(bank, encoded, filters, memory.initialized | need_init)
 
     # -- segmentation ----------------------------------------------------------------------
