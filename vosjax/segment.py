@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"segmented {len(seqs)} sequence(s), {total} frames in {secs:.1f} s "
         f"({total / max(secs, 1e-9):.2f} frames/s incl. compilation); model "
         f"{getattr(engine.model, 'name', '?')}, clip_length={cfg.clip_length}, top_k={cfg.top_k}, "
-        f"memory={engine.schedule.policy}; wrote {pathlib.Path(args.out)}"
+        f"memory={engine.policy.name}; wrote {pathlib.Path(args.out)}"
     )
     return 0
 

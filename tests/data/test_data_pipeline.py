@@ -13,7 +13,7 @@ from vosjax.data import (
     make_train_pipeline,
     remap_to_slots,
 )
-from vosjax.data.samplers import DEFAULT_SCHEDULES, schedule_value
+from vosjax.data.samplers import sampler_spec, schedule_value
 from vosjax.errors import VosjaxError
 
 NO_AUG = {
@@ -74,7 +74,7 @@ def test_batches_have_the_documented_fields(tiny_spec, sampler, T):
     assert b["obj_valid"].shape == (3, 2) and b["obj_valid"].dtype == bool
     assert b["frame_indices"].shape == (3, T) and b["video_index"].shape == (3,)
     assert ("clip_id" in b) == (sampler == "pcvos") and ("max_gap" in b) == (
-        sampler in DEFAULT_SCHEDULES
+        sampler_spec(sampler).gap_schedule is not None
     )
     for i in range(3):
         n = int(b["obj_valid"][i].sum())
@@ -153,7 +153,7 @@ def test_resume_mid_epoch_from_saved_state(tiny_spec):
     again = _take(resumed, 2)
     assert all(_equal(x, y) for x, y in zip(rest, again))
     # The curriculum follows the step: batch k reads progress k / total_steps.
-    assert again[0]["max_gap"][0] == schedule_value(DEFAULT_SCHEDULES["pcvos"], 3 / 6)
+    assert again[0]["max_gap"][0] == schedule_value(sampler_spec("pcvos").gap_schedule, 3 / 6)
     other = make_train_pipeline(
         {**cfg, "sampler": "stcn"}, src, seed=3, process_index=0, process_count=1
     )

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vosjax.data.samplers import (
-    DEFAULT_SCHEDULES,
     SamplerOptions,
     default_num_frames,
     sample_frame_indices,
+    sampler_spec,
     schedule_value,
 )
 from vosjax.errors import VosjaxError
@@ -42,7 +42,7 @@ def test_gap_samplers_respect_their_schedule(seed, n, every, progress):
     rng = np.random.default_rng(seed)
     for name in ("stcn", "trickvos", "cyclic"):
         idx, extra = sample_frame_indices(name, rng, cand, progress)
-        g = schedule_value(DEFAULT_SCHEDULES[name], progress)
+        g = schedule_value(sampler_spec(name).gap_schedule, progress)
         assert extra["max_gap"] == g and idx.dtype == np.int32
         assert len(idx) == default_num_frames(name) and set(idx.tolist()) <= set(cand.tolist())
         fwd = np.sort(idx)
@@ -61,7 +61,7 @@ def test_gap_samplers_respect_their_schedule(seed, n, every, progress):
 def test_pcvos_reference_then_two_clips(seed, n, progress):
     cand = np.arange(n)
     idx, extra = sample_frame_indices("pcvos", np.random.default_rng(seed), cand, progress)
-    inter = schedule_value(DEFAULT_SCHEDULES["pcvos"], progress)
+    inter = schedule_value(sampler_spec("pcvos").gap_schedule, progress)
     assert len(idx) == 7 and np.all(np.diff(idx) > 0)
     np.testing.assert_array_equal(extra["clip_id"], [0, 1, 1, 1, 2, 2, 2])
     gaps = np.diff(idx)
@@ -70,13 +70,13 @@ def test_pcvos_reference_then_two_clips(seed, n, progress):
 
 
 def test_pcvos_inter_clip_gap_goes_5_to_15_to_5():
-    s = DEFAULT_SCHEDULES["pcvos"]
+    s = sampler_spec("pcvos").gap_schedule
     vals = [schedule_value(s, p) for p in np.linspace(0, 0.999, 200)]
     assert vals[0] == 5 and max(vals) == 15 and vals[-1] == 5
     peak = vals.index(15)
     assert all(a <= b for a, b in zip(vals[:peak], vals[1 : peak + 1]))
     assert all(a >= b for a, b in zip(vals[peak:-1], vals[peak + 1 :]))
-    cyc = [schedule_value(DEFAULT_SCHEDULES["cyclic"], e / 240) for e in range(240)]
+    cyc = [schedule_value(sampler_spec("cyclic").gap_schedule, e / 240) for e in range(240)]
     assert cyc[0] == 5 and cyc[20] == 10 and cyc[239] == 60  # +5 every 20 of 240 epochs
 
 

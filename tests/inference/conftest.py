@@ -60,7 +60,7 @@ class ColorMemory(VOSModel):
 
     def init_memory(self, variables, batch, num_objects, feat_shape):
         h, w = feat_shape
-        bank = mem_ops.bank_init(batch, self.config["memory_frames"], h * w, 3, num_objects)
+        bank = mem_ops.bank_init(batch, self.memory_frames, h * w, 3, num_objects)
         return {
             "bank": bank,
             "history": jnp.zeros((batch, HISTORY), jnp.int32),
@@ -77,7 +77,7 @@ class ColorMemory(VOSModel):
         for i in range(t):
             k = feats["key"][:, i].reshape(b, h * w, 3)
             v = jnp.moveaxis(values[:, :, i, ..., 0], 1, -1).reshape(b, h * w, o)
-            bank = mem_ops.bank_insert(bank, k, v, keep_first=True, write=write)
+            bank = mem_ops.bank_insert(bank, k, v, keep_first=self.policy.keep_first, write=write)
         flags = write.astype(jnp.int32) + 2 * refit.astype(jnp.int32)
         rows = jnp.arange(b)
         calls = memory["calls"]

@@ -1,4 +1,4 @@
-"""EngineConfig: field checks, resolved schedule defaults, from_config mapping."""
+"""EngineConfig: field checks, resolved memory-policy defaults, from_config mapping."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import dataclasses
 import pytest
 
 from vosjax.errors import VosjaxError
-from vosjax.inference import EngineConfig
+from vosjax.inference import EngineConfig, resolve_policy
 
 
 def test_defaults_are_per_frame_stcn():
     c = EngineConfig()
     assert c.clip_length == 1 and not c.per_clip
     assert c.top_k == 20
-    assert (c.write_every, c.refit_period, c.capacity) == (5, 0, None)
-    assert not c.refit_on_write
+    p = resolve_policy(c)
+    assert (p.write_every, p.refit_every, p.capacity) == (5, 0, None)
+    assert not p.refit_on_write
 
 
 @pytest.mark.parametrize(
@@ -29,8 +30,8 @@ def test_defaults_are_per_frame_stcn():
     ],
 )
 def test_policy_defaults(policy, write, refit, capacity, on_write):
-    c = EngineConfig(memory_policy=policy)
-    assert (c.write_every, c.refit_period, c.capacity, c.refit_on_write) == (
+    c = resolve_policy(EngineConfig(memory_policy=policy))
+    assert (c.write_every, c.refit_every, c.capacity, c.refit_on_write) == (
         write,
         refit,
         capacity,
@@ -39,11 +40,10 @@ def test_policy_defaults(policy, write, refit, capacity, on_write):
 
 
 def test_per_clip_defaults_write_every_clip():
-    c = EngineConfig(clip_length=5)
-    assert c.write_every == 5
-    assert EngineConfig(clip_length=5, mem_every=10).write_every == 10
-    assert EngineConfig(clip_length=5, memory_policy="first_last").write_every == 5
-    assert EngineConfig(memory_frames=7).capacity == 7
+    assert resolve_policy(EngineConfig(clip_length=5)).write_every == 5
+    assert resolve_policy(EngineConfig(clip_length=5, mem_every=10)).write_every == 10
+    assert resolve_policy(EngineConfig(clip_length=5, memory_policy="first_last")).write_every == 5
+    assert resolve_policy(EngineConfig(memory_frames=7)).capacity == 7
 
 
 def test_from_config_maps_fields_one_to_one():

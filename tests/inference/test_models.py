@@ -43,7 +43,7 @@ def test_stcn_per_clip_equals_per_frame_with_first_frame_memory(tk, video):
     for clip in (1, 3):
         cfg = EngineConfig(max_objects=4, clip_length=clip, memory_frames=1, return_probs=True)
         engine = Engine(model, cfg)
-        assert engine.model.config.memory_frames == 1 and model.config.memory_frames == 3
+        assert engine.model.memory_frames == 1 and model.memory_frames == 3
         outs.append(_run(engine, variables, frames, given, 3, probs=True))
         assert engine.num_traces == 1
     np.testing.assert_array_equal(outs[0][0][0], labels[0])
@@ -75,7 +75,7 @@ def test_frtm_learner_refits_on_schedule(tk, video):
     variables = tk.random_variables(model)
     frames, labels, given = video
     engine = Engine(model, EngineConfig(max_objects=2, bucket_objects=False, refit_every=3))
-    assert engine.schedule.policy == "frtm"
+    assert engine.policy.name == "frtm"
     state = engine.init_state(variables, 1, SIZE)
     from vosjax.inference import ObjectTable
 

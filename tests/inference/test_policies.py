@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vosjax.errors import VosjaxError
-from vosjax.inference import Engine, EngineConfig, VideoSegmenter, plan_clips, resolve_schedule
+from vosjax.inference import Engine, EngineConfig, VideoSegmenter, plan_clips, resolve_policy
 from vosjax.inference.policies import correction_mask, default_policy, refit_mask, write_mask
 
 
@@ -23,26 +23,27 @@ def test_plan_clips():
         plan_clips(given, 0)
 
 
-def test_resolve_schedule_against_model_configs():
-    s = resolve_schedule(EngineConfig(), {"name": "stcn", "memory_frames": 16})
-    assert (s.policy, s.write_every, s.refit_every, s.capacity) == ("every_k", 5, 0, None)
-    s = resolve_schedule(EngineConfig(), {"name": "trickvos"})
-    assert (s.policy, s.write_every, s.capacity) == ("first_last", 1, 2)
-    s = resolve_schedule(EngineConfig(), {"name": "joint"})
-    assert (s.policy, s.write_every, s.refit_on_write) == ("joint", 5, True)
-    s = resolve_schedule(EngineConfig(), {"name": "frtm", "update_interval": 6})
-    assert (s.policy, s.write_every, s.refit_every) == ("frtm", 1, 6)
-    s = resolve_schedule(EngineConfig(refit_every=3), {"name": "frtm", "update_interval": 6})
+def test_resolve_policy_against_model_configs():
+    s = resolve_policy(EngineConfig(), {"name": "stcn", "memory_frames": 16})
+    assert (s.name, s.write_every, s.refit_every, s.capacity) == ("every_k", 5, 0, None)
+    s = resolve_policy(EngineConfig(), {"name": "trickvos"})
+    assert (s.name, s.write_every, s.capacity) == ("first_last", 1, 2)
+    s = resolve_policy(EngineConfig(), {"name": "joint"})
+    assert (s.name, s.write_every, s.refit_on_write) == ("joint", 5, True)
+    s = resolve_policy(EngineConfig(), {"name": "frtm", "update_interval": 6})
+    assert (s.name, s.write_every, s.refit_every) == ("frtm", 1, 6)
+    s = resolve_policy(EngineConfig(refit_every=3), {"name": "frtm", "update_interval": 6})
     assert s.refit_every == 3
-    s = resolve_schedule(EngineConfig(clip_length=5), {"name": "trickvos"})
+    s = resolve_policy(EngineConfig(clip_length=5), {"name": "trickvos"})
     assert (s.write_every, s.capacity) == (5, 2)
-    s = resolve_schedule(EngineConfig(memory_policy="every_k", memory_frames=4), {"name": "frtm"})
-    assert (s.policy, s.capacity, s.refit_every) == ("every_k", 4, 0)
+    s = resolve_policy(EngineConfig(memory_policy="every_k", memory_frames=4), {"name": "frtm"})
+    assert (s.name, s.capacity, s.refit_every) == ("every_k", 4, 0)
     assert default_policy("pcvos") == "every_k" and default_policy(None) == "every_k"
 
 
 def test_masks():
-    s = resolve_schedule(EngineConfig(memory_policy="frtm", refit_every=4, correction_every=3))
+    c = EngineConfig(memory_policy="frtm", refit_every=4, correction_every=3)
+    s = resolve_policy(c)
     since = jnp.array([0, 1, 4, 5])
     given = jnp.array([True, False, False, False])
     np.testing.assert_array_equal(write_mask(s, since, given), [True, True, True, True])
@@ -50,10 +51,10 @@ def test_masks():
     np.testing.assert_array_equal(refit_mask(s, since, w, given), [True, False, True, True])
     t = jnp.arange(8)
     np.testing.assert_array_equal(
-        correction_mask(s, t, t != 6), [False, False, False, True, False, False, False, False]
+        correction_mask(c.correction_every, t, t != 6), [False, False, False, True, False, False, False, False]
     )
-    assert not np.any(correction_mask(resolve_schedule(EngineConfig()), t, t >= 0))
-    j = resolve_schedule(EngineConfig(memory_policy="joint"))
+    assert not np.any(correction_mask(EngineConfig().correction_every, t, t >= 0))
+    j = resolve_policy(EngineConfig(memory_policy="joint"))
     np.testing.assert_array_equal(
         refit_mask(j, jnp.array([9, 9]), jnp.array([True, False]), jnp.array([False, False])),
         [True, False],
@@ -129,5 +130,5 @@ def test_engine_passes_the_schedule_to_the_model(
 ):
     flags, engine = _flags(tk, toy_variables, config, model_config)
     assert flags == _expected(writes, refits, clip_ends)
-    assert engine.model.config["memory_frames"] == capacity
+    assert engine.model.memory_frames == capacity
     assert engine.num_traces == 1

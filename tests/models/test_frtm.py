@@ -19,7 +19,8 @@ import pytest
 
 from vosjax.errors import VosjaxError
 from vosjax.learners import frtm as tm
-from vosjax.models import REGISTRY, frtm, frtm_common, get_model
+from vosjax.methods import get_method
+from vosjax.models import frtm, frtm_common, get_model
 from vosjax.models.frtm_decoder import DEPTHS, SegmentationNetwork
 from vosjax.ops.aggregate import INVALID_LOGIT
 
@@ -324,7 +325,7 @@ def test_backbone_and_decoder_paths_point_into_params(tiny):
     for path in m.decoder_paths():
         assert path[0] in v["params"]
     assert set(v["params"]) == {"backbone", "segnet"}
-    assert REGISTRY["frtm"] == "vosjax.models.frtm:FRTM"
+    assert get_method("frtm").model == "vosjax.models.frtm:FRTM"
 
 
 def test_init_draws_the_declared_distributions(tiny):

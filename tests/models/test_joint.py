@@ -25,7 +25,8 @@ from jax.test_util import check_grads
 from vosjax import losses
 from vosjax.errors import VosjaxError
 from vosjax.learners import lwl
-from vosjax.models import REGISTRY, get_model, joint
+from vosjax.methods import get_method
+from vosjax.models import get_model, joint
 from vosjax.models import joint_transformer as jt
 from vosjax.ops.aggregate import INVALID_LOGIT
 
@@ -404,7 +405,7 @@ def test_paths_init_and_registry(tiny):
     assert (arch, cin) == ("resnet18", 3) and "layer4" in v["params"][root[0]]
     assert root[0] in v["batch_stats"]
     assert all(p[0] in v["params"] for p in m.decoder_paths())
-    assert REGISTRY["joint"] == "vosjax.models.joint:JOINT"
+    assert get_method("joint").model == "vosjax.models.joint:JOINT"
     np.testing.assert_allclose(v["params"]["learner_reg"], m.settings.learner_reg_init)
     k = v["params"]["label_encoder"]["Conv_1"]["kernel"]  # 3x3x4x8
     np.testing.assert_allclose(np.std(k), math.sqrt(1 / (9 * 4)), rtol=0.35)

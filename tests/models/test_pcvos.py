@@ -17,7 +17,8 @@ from jax.test_util import check_grads
 from scipy.special import erf
 
 from vosjax.errors import VosjaxError
-from vosjax.models import REGISTRY, get_model, pcvos, stcn
+from vosjax.methods import get_method
+from vosjax.models import get_model, pcvos, stcn
 from vosjax.models.base import SegmentOptions
 from vosjax.ops.aggregate import INVALID_LOGIT
 
@@ -159,7 +160,7 @@ def setup():
 
 def test_shapes_and_registry(setup):
     s, m = setup, setup["model"]
-    assert REGISTRY["pcvos"] == "vosjax.models.pcvos:PCVOS" and isinstance(m, pcvos.PCVOS)
+    assert get_method("pcvos").model == "vosjax.models.pcvos:PCVOS" and isinstance(m, pcvos.PCVOS)
     f = s["feats"]
     chex.assert_shape(f["k_intra"], (B, T, h, w, m.spec.intra_key_dim))
     chex.assert_shape(f["key"], (B, T, h, w, m.spec.key_dim))

@@ -17,7 +17,8 @@ import pytest
 from jax.test_util import check_grads
 
 from vosjax.errors import VosjaxError
-from vosjax.models import REGISTRY, get_model, modules, stcn
+from vosjax.methods import get_method
+from vosjax.models import get_model, modules, stcn
 from vosjax.models.base import SegmentOptions
 from vosjax.ops import memory as mem_ops
 from vosjax.ops.aggregate import INVALID_LOGIT
@@ -470,7 +471,7 @@ def test_bfloat16_compute(tiny, tiny_run):
 
 def test_cyclic_and_registry_entries():
     for name in ("stcn", "trickvos", "cyclic"):
-        assert REGISTRY[name] == "vosjax.models.stcn:STCN"
+        assert get_method(name).model == "vosjax.models.stcn:STCN"
     cfg = stcn.default_config("cyclic")
     assert tuple(cfg.input_size) == (240, 427)
     assert cfg.value_dim < stcn.default_config("stcn").value_dim

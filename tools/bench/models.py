@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import math
 from typing import Any
 
@@ -38,36 +37,18 @@ import numpy as np
 from jax import lax
 
 from bench.common import fmt_ms, machine_line, time_fn
-from vosjax.models import REGISTRY, get_model
+from vosjax import methods
+from vosjax.models import get_model
 from vosjax.models.backbones import _MBV2_SETTINGS, _MBV2_STEM
 from vosjax.models.base import SegmentOptions
 from vosjax.ops.depthwise import depthwise_conv2d
 
 FULL_SIZE = (480, 854)
-# Parameter figures the papers state (PAPERS.md / shared/papers); None = not stated.
-PAPER_FIGURES: dict[str, tuple[float | None, str]] = {
-    "stcn": (None, "not stated in the papers here"),
-    "trickvos": (1.9e6, "TrickVOS sec. 4.3: 'our 1.9M'"),
-    "cyclic": (None, "not stated"),
-    "pcvos": (None, "not stated"),
-    "joint": (None, "not stated"),
-    "frtm": (None, "not stated"),
-}
 
 
 def model_config(name: str) -> Any:
-    """Default full-size config of registry entry ``name`` from its module."""
-    module = importlib.import_module(REGISTRY[name].split(":")[0])
-    make = getattr(module, "default_config", None)
-    if make is None:
-        raise RuntimeError(f"{module.__name__} has no default_config()")
-    if name in ("stcn", "trickvos", "cyclic"):
-        return make(name)
-    try:
-        cfg = make()
-    except TypeError:
-        cfg = make(name)
-    return cfg
+    """Default full-size config of method ``name`` (its record's ``default_config``)."""
+    return methods.get_method(name).make_default_config()
 
 
 def example_inputs(cfg: Any, objects: int, frames: int = 2) -> tuple[Any, Any, Any, tuple]:
@@ -82,10 +63,10 @@ def count(tree: Any) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def param_table(detail: bool, methods: list[str]) -> dict[str, tuple[Any, Any]]:
+def param_table(detail: bool, names: list[str]) -> dict[str, tuple[Any, Any]]:
     print(f"{'method':10s} {'input':>10s} {'params':>12s} {'paper':>8s}  note")
     built: dict[str, tuple[Any, Any]] = {}
-    for name in methods:
+    for name in names:
         try:
             cfg = model_config(name)
             model = get_model(cfg)
@@ -99,7 +80,7 @@ def param_table(detail: bool, methods: list[str]) -> dict[str, tuple[Any, Any]]:
             continue
         built[name] = (cfg, model)
         n = count(shapes["params"])
-        paper, note = PAPER_FIGURES.get(name, (None, ""))
+        paper, note = methods.get_method(name).paper_params
         ptxt = f"{paper / 1e6:.1f}M" if paper else "-"
         if paper:
             note = f"{note}; ours / paper = {n / paper:.2f}"
@@ -184,18 +165,19 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="benchmark.py models", description=__doc__)
     ap.add_argument("--detail", action="store_true", help="count per top-level parameter group")
     ap.add_argument("--time", action="store_true", help="also time one jitted per-frame step")
-    ap.add_argument("--methods", default=",".join(REGISTRY), help="comma-separated subset")
+    engine_methods = methods.method_names(segments=True)
+    ap.add_argument("--methods", default=",".join(engine_methods), help="comma-separated subset")
     ap.add_argument("--depthwise", action="store_true",
                     help="time MobileNetV2's depthwise convs: vosjax vs grouped conv")
     ap.add_argument("--objects", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in REGISTRY]
+    chosen = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in chosen if m not in engine_methods]
     if unknown:
-        ap.error(f"unknown methods {unknown}; choose from {', '.join(REGISTRY)}")
+        ap.error(f"unknown methods {unknown}; choose from {', '.join(engine_methods)}")
     print(machine_line())
-    built = param_table(args.detail, methods)
+    built = param_table(args.detail, chosen)
     if args.time:
         step_times(built, args.objects, args.repeats)
     if args.depthwise:

@@ -29,7 +29,7 @@ from vosjax.data.io import (
 )
 from vosjax.data.normalize import IMAGENET_MEAN, IMAGENET_STD, denormalize_frames, normalize_frames
 from vosjax.data.pipeline import TrainDataConfig, TrainIterator, make_train_pipeline
-from vosjax.data.samplers import SAMPLERS
+from vosjax.data.samplers import sampler_names
 from vosjax.data.sources import ConcatSource, make_source
 from vosjax.data.static import DeformConfig, StaticImageSource, make_pseudo_video
 from vosjax.data.synthetic import SyntheticSource, build_scene, generate_video
@@ -38,6 +38,7 @@ from vosjax.data.video import LazyFrames, Video, remap_to_slots, slots_to_labels
 from vosjax.data.youtube import YouTubeVOSSource, write_youtube_layout
 
 __all__ = [
+    "sampler_names",
     "AugmentConfig",
     "ConcatSource",
     "DataWarning",
@@ -48,7 +49,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LazyFrames",
-    "SAMPLERS",
     "StaticImageSource",
     "SyntheticSource",
     "SyntheticSpec",

@@ -42,12 +42,12 @@ import numpy as np
 
 from vosjax.data.augment import AugmentConfig, apply_clip_transform, sample_clip_transform
 from vosjax.data.samplers import (
-    DEFAULT_SCHEDULES,
-    SAMPLERS,
     SamplerOptions,
     check_schedule,
     default_num_frames,
     sample_frame_indices,
+    sampler_names,
+    sampler_spec,
 )
 from vosjax.data.static import DeformConfig, make_pseudo_video
 from vosjax.data.video import remap_to_slots
@@ -94,8 +94,8 @@ class TrainDataConfig:
         def bad(f, why):
             raise VosjaxError(f"make_train_pipeline: config field '{f}' {why}.")
 
-        if self.sampler not in SAMPLERS:
-            bad("sampler", f"must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler not in sampler_names():
+            bad("sampler", f"must be one of {list(sampler_names())}, got {self.sampler!r}")
         if self.batch_size < 1:
             bad("batch_size", f"must be >= 1, got {self.batch_size}")
         if len(self.crop_size) != 2 or min(self.crop_size) < 8:
@@ -237,9 +237,10 @@ def make_sample(
         "frame_indices": np.asarray(idx, np.int32),
         "video_index": np.int32(video_index),
     }
-    if cfg.sampler in DEFAULT_SCHEDULES:
+    kind = sampler_spec(cfg.sampler).kind
+    if kind in ("chain", "clips"):
         out["max_gap"] = np.int32(extra.get("max_gap", 0))
-    if cfg.sampler == "pcvos":
+    if kind == "clips":
         out["clip_id"] = extra["clip_id"]
     return out
 

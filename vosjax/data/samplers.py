@@ -6,22 +6,26 @@ Frames are drawn from ``candidates`` (the annotated frames) and gaps are
 measured in frame numbers, so sparsely annotated videos (YouTube-VOS train:
 every 5th frame) need no special case.
 
+A sampler is named by a method (its record in :mod:`vosjax.methods` holds a
+:class:`~vosjax.methods.Sampler`: the kind, frames per sample, gap curriculum,
+reverse probability) or is ``static``. The built-in methods' samplers:
+
 ==========  =============================================================================
 name        frames
 ==========  =============================================================================
-stcn        3 frames; consecutive gaps <= max_gap(progress) (curriculum, default
-            10 -> 15 -> 20 -> 25 then 5); order reversed with probability 0.5
+stcn        ``chain``: 3 frames; consecutive gaps <= max_gap(progress) (curriculum,
+            default 10 -> 15 -> 20 -> 25 then 5); order reversed with probability 0.5
 trickvos    as stcn with 5 frames (TrickVOS trains with sequence length 5)
-cyclic      3 frames; gaps <= max_gap(progress), which grows by 5 every 1/12 of
-            training (every 20 of 240 epochs); temporal order: the earliest frame is
+cyclic      ``chain``: 3 frames; gaps <= max_gap(progress), which grows by 5 every 1/12
+            of training (every 20 of 240 epochs); temporal order: the earliest frame is
             the reference
-pcvos       1 reference + 2 clips of N = 3 (7 frames): reference -> clip 1 -> clip 2
-            forward in time; the gap into each clip <= inter-clip gap(progress)
+pcvos       ``clips``: 1 reference + 2 clips of N = 3 (7 frames): reference -> clip 1 ->
+            clip 2 forward in time; the gap into each clip <= inter-clip gap(progress)
             (5 -> 10 -> 15 -> 10 -> 5), gaps inside a clip <= 5; ``clip_id`` = 0, 1, 2
-frtm        1 reference + 2 validation frames, all drawn from the whole video (or a
-            window of ``max_gap`` frames); the reference is any of the three, the
+frtm        ``pool``: 1 reference + 2 validation frames, all drawn from the whole video
+            (or a window of ``max_gap`` frames); the reference is any of the three, the
             validation frames follow in temporal order
-joint       4 frames, sorted, drawn from a window of 100 consecutive frames
+joint       ``window``: 4 frames, sorted, drawn from a window of 100 consecutive frames
 static      1 annotated frame repeated (the pipeline deforms it into a pseudo-video)
 ==========  =============================================================================
 
@@ -37,26 +41,31 @@ from typing import Sequence
 import numpy as np
 from jaxtyping import Int
 
+from vosjax import methods
 from vosjax.errors import VosjaxError
+from vosjax.methods import Sampler, Schedule
 
 __all__ = [
-    "SAMPLERS",
     "SamplerOptions",
-    "schedule_value",
-    "sample_frame_indices",
     "default_num_frames",
+    "sample_frame_indices",
+    "sampler_names",
+    "sampler_spec",
+    "schedule_value",
 ]
 
-SAMPLERS = ("stcn", "trickvos", "cyclic", "pcvos", "frtm", "joint", "static")
+_STATIC = Sampler("static", 3)
 
-Schedule = tuple[tuple[float, int], ...]
 
-DEFAULT_SCHEDULES: dict[str, Schedule] = {
-    "stcn": ((0.1, 10), (0.2, 15), (0.3, 20), (0.4, 25), (1.0, 5)),
-    "trickvos": ((0.1, 10), (0.2, 15), (0.3, 20), (0.4, 25), (1.0, 5)),
-    "cyclic": tuple(((k + 1) / 12, 5 * (k + 1)) for k in range(12)),
-    "pcvos": ((0.1, 5), (0.25, 10), (0.6, 15), (0.8, 10), (1.0, 5)),
-}
+def sampler_names() -> tuple[str, ...]:
+    """Every valid sampler name: the registered methods' and ``static``."""
+    return methods.method_names() + ("static",)
+
+
+def sampler_spec(name: str) -> Sampler:
+    """The :class:`~vosjax.methods.Sampler` of method ``name`` (or of ``static``)."""
+    _check_name(name)
+    return _STATIC if name == "static" else methods.get_method(name).sampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,28 +83,24 @@ class SamplerOptions:
 
 def default_num_frames(name: str, opts: SamplerOptions = SamplerOptions()) -> int:
     """Frames per sample of sampler ``name`` (``opts.num_frames`` if set)."""
-    _check_name(name)
-    if opts.num_frames is not None:
-        if name == "pcvos" and opts.num_frames != 1 + 2 * opts.clip_length:
+    spec = sampler_spec(name)
+    if spec.kind == "clips":
+        if opts.num_frames is not None and opts.num_frames != 1 + 2 * opts.clip_length:
             raise VosjaxError(
-                "sampler 'pcvos': num_frames must be 1 + 2 * clip_length = "
+                f"sampler {name!r}: num_frames must be 1 + 2 * clip_length = "
                 f"{1 + 2 * opts.clip_length}, got {opts.num_frames}."
             )
+        return 1 + 2 * opts.clip_length
+    if opts.num_frames is not None:
         return int(opts.num_frames)
-    return {
-        "stcn": 3,
-        "trickvos": 5,
-        "cyclic": 3,
-        "pcvos": 1 + 2 * opts.clip_length,
-        "frtm": 3,
-        "joint": 4,
-        "static": 3,
-    }[name]
+    return int(spec.num_frames)
 
 
 def _check_name(name: str) -> None:
-    if name not in SAMPLERS:
-        raise VosjaxError(f"sampler: unknown sampler {name!r}; choose one of {list(SAMPLERS)}.")
+    if name not in sampler_names():
+        raise VosjaxError(
+            f"sampler: unknown sampler {name!r}; choose one of {list(sampler_names())}."
+        )
 
 
 def check_schedule(schedule: Sequence[Sequence[float]], what: str = "gap_schedule") -> Schedule:
@@ -162,10 +167,10 @@ def sample_frame_indices(
 
     ``candidates`` are the sorted annotated frame indices; ``progress`` in
     [0, 1] is the training progress the gap schedules read. ``extra`` holds
-    ``max_gap`` (the schedule value used, samplers with a schedule) and
-    ``clip_id`` (pcvos).
+    ``max_gap`` (the schedule value used, ``chain`` and ``clips`` samplers) and
+    ``clip_id`` (``clips``).
     """
-    _check_name(name)
+    spec = sampler_spec(name)
     cand = np.asarray(candidates, np.int64)
     if cand.ndim != 1 or cand.size == 0:
         raise VosjaxError(
@@ -173,33 +178,24 @@ def sample_frame_indices(
         )
     T = default_num_frames(name, opts)
     extra: dict[str, np.ndarray] = {}
-    sched = (
-        check_schedule(opts.gap_schedule)
-        if opts.gap_schedule is not None
-        else DEFAULT_SCHEDULES.get(name)
-    )
-    if name in ("stcn", "trickvos", "cyclic"):
+    sched = check_schedule(opts.gap_schedule) if opts.gap_schedule is not None else spec.gap_schedule
+    rev = opts.reverse_prob if opts.reverse_prob is not None else spec.reverse_prob
+    if spec.kind == "chain":
         g = schedule_value(sched, progress)
         idx = _chain(rng, cand, [g] * (T - 1))
-        rev = (
-            opts.reverse_prob
-            if opts.reverse_prob is not None
-            else (0.0 if name == "cyclic" else 0.5)
-        )
         if rng.uniform() < rev:
             idx = idx[::-1]
         extra["max_gap"] = np.int32(g)
-    elif name == "pcvos":
+    elif spec.kind == "clips":
         g = schedule_value(sched, progress)
         N = opts.clip_length
         gaps = [g] + [opts.intra_clip_gap] * (N - 1) + [g] + [opts.intra_clip_gap] * (N - 1)
         idx = _chain(rng, cand, gaps)
-        rev = opts.reverse_prob if opts.reverse_prob is not None else 0.0
         if rng.uniform() < rev:
             idx = idx[::-1]
         extra["max_gap"] = np.int32(g)
         extra["clip_id"] = np.asarray([0] + [1] * N + [2] * N, np.int32)
-    elif name == "frtm":
+    elif spec.kind == "pool":
         pool = cand
         if opts.max_gap is not None and cand[-1] - cand[0] > opts.max_gap:
             start = int(rng.integers(cand[0], cand[-1] - opts.max_gap + 1))
@@ -207,7 +203,7 @@ def sample_frame_indices(
         picks = np.sort(rng.choice(pool, size=T, replace=len(pool) < T))
         r = int(rng.integers(0, T))
         idx = np.concatenate([picks[r : r + 1], np.delete(picks, r)])
-    elif name == "joint":
+    elif spec.kind == "window":
         W = int(opts.window)
         last_start = max(int(cand[0]), int(cand[-1]) - W + 1)
         start = int(rng.integers(int(cand[0]), last_start + 1))

@@ -10,7 +10,7 @@
 from vosjax.inference.config import BOX_FILTERS, MEMORY_POLICIES, EngineConfig
 from vosjax.inference.engine import Engine, working_size
 from vosjax.inference.evaluation import evaluate_source
-from vosjax.inference.policies import Schedule, plan_clips, resolve_schedule
+from vosjax.inference.policies import plan_clips, resolve_policy
 from vosjax.inference.runner import eval_video_frames, run_batch, run_video, shard_batch
 from vosjax.inference.segmenter import (
     ObjectTable,
@@ -30,7 +30,6 @@ __all__ = [
     "EngineState",
     "ObjectTable",
     "Prediction",
-    "Schedule",
     "StepOutput",
     "VideoSegmenter",
     "engine_from_bundle",
@@ -38,7 +37,7 @@ __all__ = [
     "evaluate_source",
     "object_slots",
     "plan_clips",
-    "resolve_schedule",
+    "resolve_policy",
     "run_batch",
     "run_video",
     "shard_batch",

@@ -6,32 +6,12 @@
 ``configs/*.py`` file, or any mapping) one to one and names an unknown field
 together with the closest valid ones.
 
-Memory policies (``memory_policy``) decide WHEN the engine writes a frame into
-the model's memory (``write``) and when a learner-based model refits its
-target model (``refit``); both are per-video boolean masks computed inside the
-jitted step from the frame counter, so one compiled step serves the whole
-video. Frames where masks are given (the first frame; objects that appear
-later) are always written and refitted. ``"auto"`` (the default) picks the
-policy of the model's paper from its registry name (``trickvos`` ->
-``first_last``, ``joint``, ``frtm``, any other -> ``every_k``). The
-defaults, with ``t`` the index of the frame in the video:
-
-================  ======================  ==========================  ========================
-policy            write (per-frame mode)  refit                       capacity (model memory)
-================  ======================  ==========================  ========================
-``every_k``       ``t % mem_every == 0``  never periodic              the model's, first frame kept
-                  (STCN: 5)
-``first_last``    every frame             never periodic              2: first + last (TrickVOS)
-``joint``         ``t % mem_every == 0``  when a template is written   the model's (JOINT: 20
-                  (5)                                                 templates, first kept)
-``frtm``          every frame (a sample   ``t % refit_every == 0``    the model's (FRTM: 80
-                  per frame)              (t_s = 8, or the model's    weighted samples)
-                                          ``update_interval``)
-================  ======================  ==========================  ========================
-
-In per-clip mode (``clip_length = L > 1``, PCVOS) the memory is written at the
-last frame of a clip, every ``mem_every`` frames (a multiple of ``L``, ``L``
-by default), and the ``L`` frames of a clip read the memory together.
+The memory policy is a name (``memory_policy``; ``"auto"``, the default, is
+the method's own, from its record in :mod:`vosjax.methods`) plus optional
+overrides of its write period (``mem_every``), refit period (``refit_every``)
+and capacity (``memory_frames``); :func:`vosjax.inference.policies.resolve_policy`
+turns them into the :class:`~vosjax.memory_policy.MemoryPolicy` value (its
+table of policies and their defaults is in :mod:`vosjax.memory_policy`).
 """
 
 from __future__ import annotations
@@ -42,20 +22,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from vosjax.errors import VosjaxError
+from vosjax.memory_policy import POLICIES
 
 __all__ = ["BOX_FILTERS", "MEMORY_POLICIES", "EngineConfig"]
 
-MEMORY_POLICIES = ("auto", "every_k", "first_last", "joint", "frtm")
+MEMORY_POLICIES = ("auto",) + tuple(POLICIES)
 BOX_FILTERS = (None, "cv", "pt")
-
-# policy -> (default write period, default refit period (0 = never), default capacity or None)
-_POLICY_DEFAULTS: dict[str, tuple[int, int, int | None]] = {
-    "auto": (5, 0, None),  # until resolved against the model (policies.resolve_schedule)
-    "every_k": (5, 0, None),
-    "first_last": (1, 0, 2),
-    "joint": (5, 0, None),
-    "frtm": (1, 8, None),
-}
 
 
 def _is_int(v: Any) -> bool:
@@ -181,35 +153,7 @@ class EngineConfig:
                 "so it writes every frame (every clip); drop 'mem_every' or use 'every_k'."
             )
 
-    # -- derived schedule -------------------------------------------------------------------
-    @property
-    def write_every(self) -> int:
-        """Frames between memory writes (resolved default)."""
-        if self.mem_every is not None:
-            return self.mem_every
-        if self.clip_length > 1:
-            return self.clip_length
-        return _POLICY_DEFAULTS[self.memory_policy][0]
-
-    @property
-    def refit_period(self) -> int:
-        """Frames between periodic learner refits; 0 = only where written (joint) or never."""
-        if self.refit_every is not None:
-            return self.refit_every
-        return _POLICY_DEFAULTS[self.memory_policy][1]
-
-    @property
-    def refit_on_write(self) -> bool:
-        """JOINT refits its few-shot learner whenever a template is added."""
-        return self.memory_policy == "joint"
-
-    @property
-    def capacity(self) -> int | None:
-        """Memory capacity in frames (None = keep the model's own)."""
-        if self.memory_frames is not None:
-            return self.memory_frames
-        return _POLICY_DEFAULTS[self.memory_policy][2]
-
+    # -- derived options ---------------------------------------------------------------------
     @property
     def pmm_segment_len(self) -> int | None:
         """``segment_len`` where it splits a clip, else None (same result, less work)."""

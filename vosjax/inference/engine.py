@@ -46,13 +46,8 @@ from vosjax.data.normalize import normalize_frames
 from vosjax.errors import VosjaxError
 from vosjax.inference import cycle
 from vosjax.inference.config import EngineConfig
-from vosjax.inference.policies import (
-    Schedule,
-    correction_mask,
-    refit_mask,
-    resolve_schedule,
-    write_mask,
-)
+from vosjax.inference.policies import correction_mask, refit_mask, resolve_policy, write_mask
+from vosjax.memory_policy import MemoryPolicy
 from vosjax.inference.state import CorrectionRefs, EngineState, StepOutput, zeros_like_refs
 from vosjax.models.base import SegmentOptions, Variables, VOSModel
 from vosjax.ops import boxes
@@ -74,32 +69,6 @@ def working_size(frame_size: tuple[int, int], resolution: int | None) -> tuple[i
         return hh, ww
     s = resolution / min(hh, ww)
     return max(1, round(hh * s)), max(1, round(ww * s))
-
-
-def _with_capacity(model: VOSModel, capacity: int | None) -> VOSModel:
-    """The same model with ``memory_frames = capacity`` (params do not depend on it)."""
-    cfg = model.config
-    if capacity is None:
-        return model
-    try:
-        current = cfg["memory_frames"]
-    except (KeyError, TypeError, AttributeError):
-        current = getattr(cfg, "memory_frames", None)
-    if current is None:
-        raise VosjaxError(
-            f"Engine: the memory policy asks for a capacity of {capacity} frames but the model "
-            f"{getattr(model, 'name', type(model).__name__)!r} has no 'memory_frames' field; "
-            "leave EngineConfig.memory_frames at None."
-        )
-    if current == capacity:
-        return model
-    if hasattr(cfg, "copy_and_resolve_references"):
-        new = cfg.copy_and_resolve_references()
-        new.memory_frames = capacity
-    else:
-        new = dict(cfg)
-        new["memory_frames"] = capacity
-    return type(model)(new)
 
 
 def _take_frame(x: Array, index: Int[Array, " B"]) -> Array:
@@ -154,8 +123,8 @@ class Engine:
         if config.box_filter != "pt" and motion_fn is not None:
             raise VosjaxError("Engine: motion_fn is only used with box_filter='pt'.")
         self.config = config
-        self.schedule: Schedule = resolve_schedule(config, model.config)
-        self.model = _with_capacity(model, self.schedule.capacity)
+        self.policy: MemoryPolicy = resolve_policy(config, model.config)
+        self.model = model.with_policy(self.policy)
         self.motion_fn = motion_fn
         self.stride = int(getattr(model, "stride", 16))
         self.options = SegmentOptions(top_k=config.top_k, segment_len=config.pmm_segment_len)
@@ -348,7 +317,7 @@ class Engine:
         probs = jax.nn.sigmoid(logits.astype(jnp.float32))
         probs = jnp.where(obj_before[:, :, None, None, None], probs, 0.0)
 
-        do_correct = correction_mask(self.schedule, t, frame_valid)
+        do_correct = correction_mask(cfg.correction_every, t, frame_valid)
         do_correct = do_correct & ~(
             given_any[:, None] & (jnp.arange(length)[None] == last[:, None])
         )
@@ -421,8 +390,8 @@ class Engine:
         # memory update at the last valid frame
         since_write = state.since_write + n_valid
         since_refit = state.since_refit + n_valid
-        write = has_frames & write_mask(self.schedule, since_write, given_any)
-        refit = has_frames & refit_mask(self.schedule, since_refit, write, given_any)
+        write = has_frames & write_mask(self.policy, since_write, given_any)
+        refit = has_frames & refit_mask(self.policy, since_refit, write, given_any)
         x_last = _take_frame(x, last)
         feats_last = jax.tree_util.tree_map(lambda f: _take_frame(f, last), feats)
         masks_last = _take_frame(jnp.moveaxis(agg_probs[:, 1:], 2, 1), last)  # [B, 1, O, h, w]

@@ -42,11 +42,21 @@ array-valued state lives in the returned pytrees.
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 from typing import Any, Mapping
 
 import jax
 from jaxtyping import Array, Bool, Float
+
+from vosjax.memory_policy import MemoryPolicy, policy_of
+
+def _config_field(config: Any, name: str) -> Any:
+    try:
+        return config[name]
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return getattr(config, name, None)
+
 
 Variables = Mapping[str, Any]
 """Flax variables: ``{"params": ..., "batch_stats": ...}`` (plain pytrees)."""
@@ -81,14 +91,42 @@ class VOSModel(abc.ABC):
     Attributes:
       name: registry name of the method (``"stcn"``, ``"pcvos"``, ...).
       config: the model section of the run config (hashable, static).
+      policy: the :class:`~vosjax.memory_policy.MemoryPolicy` the memory is
+        sized and filled by (default: the method's own, from its record in
+        :mod:`vosjax.methods`); the engine hands its resolved policy over with
+        :meth:`with_policy`.
       stride: output stride of the matching features (16 for every method).
     """
 
     name: str = "base"
     stride: int = 16
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, policy: MemoryPolicy | None = None):
         self.config = config
+        self._policy = policy
+
+    # -- memory policy ----------------------------------------------------------------------
+    @property
+    def policy(self) -> MemoryPolicy:
+        if self._policy is None:
+            self._policy = policy_of(_config_field(self.config, "name"))
+        return self._policy
+
+    def with_policy(self, policy: MemoryPolicy) -> "VOSModel":
+        """The same model (same config, same params layout) using ``policy``."""
+        if policy == self.policy:
+            return self
+        new = copy.copy(self)
+        new._policy = policy
+        return new
+
+    @property
+    def memory_frames(self) -> int | None:
+        """Memory capacity in frames: the policy's, else the config's ``memory_frames``."""
+        if self.policy.capacity is not None:
+            return self.policy.capacity
+        own = _config_field(self.config, "memory_frames")
+        return None if own is None else int(own)
 
     # -- parameters -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -137,8 +175,8 @@ class VOSModel(abc.ABC):
     ) -> Memory:
         """An empty memory for ``batch`` videos of ``num_objects`` object slots.
 
-        ``feat_shape`` is the (h, w) of stride-16 features. Capacities come from
-        the model config (e.g. ``memory_frames``).
+        ``feat_shape`` is the (h, w) of stride-16 features. The capacity is
+        :attr:`memory_frames` (the policy's, else the model config's).
         """
 
     @abc.abstractmethod

@@ -327,7 +327,7 @@ class FRTM(BackboneSegnetModel):
         c, k = self.feature_channels, s.hidden
         u = s.label_upsample
         lead = (batch, num_objects)
-        empty = tm.memory_empty((h, w, k), (u * h, u * w), s.memory_frames)
+        empty = tm.memory_empty((h, w, k), (u * h, u * w), self.memory_frames)
         return FRTMMemory(
             target={
                 "w1": jnp.zeros(lead + (1, 1, c, k), jnp.float32),
@@ -373,7 +373,7 @@ class FRTM(BackboneSegnetModel):
 
         target = _bo(fit_one, (None, 0))(x5, y5)
         proj = jnp.einsum("bnhwc,boce->bonhwe", x5, target["w1"][:, :, 0, 0])
-        samples = _bo(lambda f, y: tm.memory_init(f, y, s.memory_frames), (0, 0))(proj, y5)
+        samples = _bo(lambda f, y: tm.memory_init(f, y, self.memory_frames), (0, 0))(proj, y5)
         return target, samples
 
     def _memorize_frame(self, variables, memory, frame, masks, obj_valid, x, write, refit):

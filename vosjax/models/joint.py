@@ -352,8 +352,8 @@ class JOINT(BackboneSegnetModel):
         s = self.settings
         c, d, k = s.feature_dim, s.enc_dim, s.learner_kernel
         return JointMemory(
-            templates=bank_init(batch, s.memory_frames, h * w, 2 * c, num_objects * 3 * d),
-            encoded=jnp.zeros((batch, s.memory_frames, h * w, c), jnp.float32),
+            templates=bank_init(batch, self.memory_frames, h * w, 2 * c, num_objects * 3 * d),
+            encoded=jnp.zeros((batch, self.memory_frames, h * w, c), jnp.float32),
             filters=jnp.zeros((batch, num_objects, k, k, c, d), jnp.float32),
             initialized=jnp.zeros((batch, num_objects), bool),
         )
@@ -423,7 +423,11 @@ class JOINT(BackboneSegnetModel):
             vals = jnp.stack([enc[k][:, :, i] for k in ("e_tra", "e_ind", "weights")], axis=-2)
             vals = jnp.moveaxis(vals, 1, 3)  # [B, h, w, O, 3, D]
             bank = bank_insert(
-                bank, keys.reshape(b, p, 2 * c), vals.reshape(b, p, o * 3 * d), True, write
+                bank,
+                keys.reshape(b, p, 2 * c),
+                vals.reshape(b, p, o * 3 * d),
+                self.policy.keep_first,
+                write,
             )
 
         z_tra = bank.keys[..., :c]

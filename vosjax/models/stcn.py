@@ -521,14 +521,14 @@ class STCN(VOSModel):
     def init_memory(
         self, variables: Variables, batch: int, num_objects: int, feat_shape: tuple[int, int]
     ) -> mem_ops.MemoryBank:
-        """An empty bank: ``memory_frames`` slots of ``h*w`` positions, keys ``Ck``,
+        """An empty bank: :attr:`memory_frames` slots (the policy's capacity) of ``h*w`` positions, keys ``Ck``,
         values ``num_objects * Cv`` (objects folded into channels, object-major)."""
         del variables
         h, w = feat_shape
         dtype = jnp.float32 if self.spec.dtype == "float32" else jnp.bfloat16
         return mem_ops.bank_init(
             batch,
-            self.spec.memory_frames,
+            self.memory_frames,
             h * w,
             self.spec.key_dim,
             num_objects * self.spec.value_dim,
@@ -548,7 +548,7 @@ class STCN(VOSModel):
         *,
         train: bool = False,
     ) -> mem_ops.MemoryBank:
-        """Encode the values of the T given frames and insert them in order (keep-first).
+        """Encode the values of the T given frames and insert them in order (the policy's keep rule).
 
         Rows with ``write = False`` are returned unchanged. ``refit`` is unused
         (no learner). Differentiable w.r.t. ``masks`` and params.
@@ -570,7 +570,9 @@ class STCN(VOSModel):
         for i in range(t):
             k = feats["key"][:, i].reshape(b, h * w, -1)
             v = jnp.moveaxis(values[:, :, i], 1, 3).reshape(b, h * w, o * cv)
-            memory = mem_ops.bank_insert(memory, k, v, keep_first=True, write=write)
+            memory = mem_ops.bank_insert(
+                memory, k, v, keep_first=self.policy.keep_first, write=write
+            )
         return memory
 
     def _check_memory(self, fn: str, memory: Any, obj_valid: Any, feats: Any) -> None:

@@ -2,15 +2,17 @@
 
 Why a module of its own: the trainer (``vosjax/train.py``) runs any method the
 same way (data -> sharded jitted step -> optax -> checkpoints); what differs
-between the seven methods is how a training sample is propagated through the
-model and scored. Keeping those seven recipes here leaves ``train.py`` one
+between the six methods and the box tracker is how a training sample is
+propagated through the model and scored. Keeping those recipes here leaves ``train.py`` one
 reason to change (the loop), and each recipe is a pure function built only on
 the model interface (:mod:`vosjax.models.base`) and :mod:`vosjax.losses`, so
 it can be tested and jitted on its own.
 
 ``make_objective(config.objective)`` returns an :class:`Objective`: its
-``name`` picks the recipe, the other fields are that recipe's options (a
-frozen dataclass, so typos fail early with the closest valid names):
+``name`` picks the method whose recipe it is (the record in
+:mod:`vosjax.methods` names the function and its options class), the other
+fields are that recipe's options (a frozen dataclass, so typos fail early
+with the closest valid names). The built-in recipes:
 
 ==========  ======================================  ==================================
 name        module                                  what is optimised
@@ -34,26 +36,13 @@ for stochastic recipes. ``metrics`` is a dict of scalars for logging.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from typing import Any
 
-from vosjax.config_utils import closest
-from vosjax.errors import VosjaxError
+from vosjax import methods
 from vosjax.objectives.common import parse_options
 
-__all__ = ["OBJECTIVES", "Objective", "make_objective"]
-
-# name -> (module, function, options class)
-OBJECTIVES: dict[str, tuple[str, str, str]] = {
-    "stcn": ("vosjax.objectives.memory", "stcn_objective", "STCNOptions"),
-    "trickvos": ("vosjax.objectives.memory", "trickvos_objective", "TrickVOSOptions"),
-    "cyclic": ("vosjax.objectives.memory", "cyclic_objective", "CyclicOptions"),
-    "pcvos": ("vosjax.objectives.memory", "pcvos_objective", "PCVOSOptions"),
-    "joint": ("vosjax.objectives.joint", "joint_objective", "JOINTOptions"),
-    "frtm": ("vosjax.objectives.frtm", "frtm_objective", "FRTMOptions"),
-    "tracker": ("vosjax.objectives.tracker", "tracker_objective", "TrackerOptions"),
-}
+__all__ = ["Objective", "make_objective", "objective_options_class"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,21 +59,13 @@ class Objective:
 
 
 def objective_options_class(name: str) -> type:
-    module, _, cls = OBJECTIVES[name]
-    return getattr(importlib.import_module(module), cls)
+    """The options dataclass of method ``name``'s objective."""
+    return methods.load(methods.get_method(name, "objective.name").options)
 
 
 def make_objective(config: Any) -> Objective:
     """The :class:`Objective` named by ``config.name`` with the other fields as its options."""
     name = config.get("name") if hasattr(config, "get") else getattr(config, "name", None)
-    if name not in OBJECTIVES:
-        hint = closest(str(name), OBJECTIVES)
-        did = f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
-        raise VosjaxError(
-            f"config: objective.name={name!r} is not a training objective.{did} Choose one of: "
-            f"{', '.join(OBJECTIVES)}."
-        )
-    module, fn_name, cls_name = OBJECTIVES[name]
-    mod = importlib.import_module(module)
-    options = parse_options(getattr(mod, cls_name), config, "objective")
-    return Objective(name, options, getattr(mod, fn_name))
+    method = methods.get_method(name, "objective.name")
+    options = parse_options(methods.load(method.options), config, "objective")
+    return Objective(method.name, options, methods.load(method.objective))

@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vosjax import parallel
+from vosjax import methods, parallel
 from vosjax.checkpoint import TrainCheckpointer, export_bundle, load_variables
 from vosjax.config_utils import to_plain
 from vosjax.data import make_source, make_train_pipeline
@@ -65,10 +65,12 @@ def _fmt(metrics: dict[str, float], keys: tuple[str, ...]) -> str:
 
 def bundle_variables(model: Any, variables: Any, config: Any) -> dict:
     """What the bundle holds: the model's variables, plus ``"tracker"`` (the PT box tracker's
-    ``{"params"}``) from ``config.export.tracker``; a tracker run's own bundle is
-    ``{"tracker": {"params"}}``, the layout the inference engine reads."""
-    if model.name == "tracker":
-        return {"tracker": dict(variables)}
+    ``{"params"}``) from ``config.export.tracker``. A method whose record sets ``bundle_key``
+    (an add-on such as the tracker) stores its variables under that key instead: a tracker
+    run's bundle is ``{"tracker": {"params"}}``, the layout the inference engine reads."""
+    key = methods.get_method(model.name, "model.name").bundle_key
+    if key is not None:
+        return {key: dict(variables)}
     out = dict(variables)
     if config.export.get("tracker"):
         tracker, _ = load_variables(config.export.tracker)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vosjax import methods
 from vosjax.errors import VosjaxError
 from vosjax.objectives.common import prepare_batch
 
@@ -56,15 +57,9 @@ __all__ = [
 
 
 def build_model(model_config: Any) -> Any:
-    """The model of a run: ``vosjax.models.get_model``, or the box tracker for ``name = "tracker"``."""
+    """The model of a run: the class the method's record names (:mod:`vosjax.methods`)."""
     name = model_config.get("name") if hasattr(model_config, "get") else None
-    if name == "tracker":
-        from vosjax.objectives.tracker import TrackerModel
-
-        return TrackerModel(model_config)
-    from vosjax.models import get_model
-
-    return get_model(model_config)
+    return methods.get_method(name, "model.name").model_class()(model_config)
 
 
 def path_str(path: tuple) -> str:

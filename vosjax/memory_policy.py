@@ -1,0 +1,142 @@
+"""Memory policies: when a method writes to its memory, when it refits, how much it keeps.
+
+A :class:`MemoryPolicy` is one frozen value, chosen by name from
+:data:`POLICIES` (a method's record, :mod:`vosjax.methods`, names its
+default) and adjusted by the inference options
+(:meth:`MemoryPolicy.with_overrides`). The engine evaluates it as per-video
+boolean masks inside its jitted step (:mod:`vosjax.inference.policies`); the
+model receives it at construction (:meth:`vosjax.models.base.VOSModel.with_policy`)
+and sizes and fills its memory by it, nothing of it is fixed inside a model.
+
+With ``t`` the index of a frame in its video and no object appearing later:
+
+================  =======================  ==========================  =====================
+policy            write (per-frame mode)   refit                       capacity / kept
+================  =======================  ==========================  =====================
+``every_k``       ``t % 5 == 0`` (STCN)    never                       the model's; first kept
+``first_last``    every frame              never                       2: first + last (TrickVOS)
+``joint``         ``t % 5 == 0``           whenever a template is      the model's (20); first
+                                           written                     kept
+``frtm``          every frame (a sample    ``t % 8 == 0`` (t_s, or     the model's (80 weighted
+                  per frame)               the model's                 samples)
+                                           ``update_interval``)
+================  =======================  ==========================  =====================
+
+Objects that appear later: the frame that carries an object's first mask is
+always written (and refitted), whatever the period, and restarts the write and
+refit periods, so each object enters the memory at its own first frame and a
+periodic schedule keeps its period afterwards. In per-clip mode
+(``clip_length = L > 1``) writes happen at clip ends, every ``L`` frames by
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vosjax import methods
+from vosjax.errors import VosjaxError
+
+__all__ = ["POLICIES", "MemoryPolicy", "get_policy", "policy_of"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPolicy:
+    """When to write and refit, and what the memory keeps (static, hashable).
+
+    Attributes:
+      name: the policy's name (a key of :data:`POLICIES`).
+      write_every: write a frame when this many frames passed since the last
+        written one (frames with given masks are always written).
+      refit_every: refit learners when this many frames passed since the last
+        refit; 0 = never periodically.
+      refit_on_write: also refit whenever a frame is written (JOINT).
+      capacity: memory capacity in frames; None = the model's ``memory_frames``.
+      keep_first: the first frame written stays in the memory for the whole
+        video (slot 0) while the other slots are a ring over the most recent
+        writes; False = all slots are one ring.
+    """
+
+    name: str
+    write_every: int = 5
+    refit_every: int = 0
+    refit_on_write: bool = False
+    capacity: int | None = None
+    keep_first: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(field: str, want: str) -> VosjaxError:
+            return VosjaxError(
+                f"MemoryPolicy {self.name!r}: '{field}' must be {want}, got "
+                f"{getattr(self, field)!r}."
+            )
+
+        if not _is_int(self.write_every) or self.write_every < 1:
+            raise bad("write_every", "a positive int")
+        if not _is_int(self.refit_every) or self.refit_every < 0:
+            raise bad("refit_every", "an int >= 0")
+        if self.capacity is not None and (not _is_int(self.capacity) or self.capacity < 1):
+            raise bad("capacity", "None or a positive int")
+        for f in ("refit_on_write", "keep_first"):
+            if not isinstance(getattr(self, f), bool):
+                raise bad(f, "True or False")
+
+    def with_overrides(
+        self,
+        *,
+        clip_length: int = 1,
+        mem_every: int | None = None,
+        refit_every: int | None = None,
+        memory_frames: int | None = None,
+        update_interval: int | None = None,
+    ) -> MemoryPolicy:
+        """This policy adjusted by inference options (None = keep the policy's value).
+
+        ``clip_length > 1`` writes at clip ends: every clip unless ``mem_every``
+        says otherwise. ``update_interval`` is a model's own refit period (FRTM's
+        t_s), used where the policy refits periodically and ``refit_every`` is None.
+        """
+        write_every = self.write_every if clip_length == 1 else clip_length
+        if mem_every is not None:
+            write_every = mem_every
+        if refit_every is None:
+            refit_every = self.refit_every
+            if self.refit_every > 0 and _is_int(update_interval) and update_interval > 0:
+                refit_every = update_interval
+        capacity = self.capacity if memory_frames is None else memory_frames
+        return dataclasses.replace(
+            self, write_every=write_every, refit_every=refit_every, capacity=capacity
+        )
+
+
+POLICIES: dict[str, MemoryPolicy] = {
+    p.name: p
+    for p in (
+        MemoryPolicy("every_k", write_every=5),
+        MemoryPolicy("first_last", write_every=1, capacity=2),
+        MemoryPolicy("joint", write_every=5, refit_on_write=True),
+        MemoryPolicy("frtm", write_every=1, refit_every=8),
+    )
+}
+
+
+def get_policy(name: str) -> MemoryPolicy:
+    """The policy named ``name``; an unknown name raises naming the valid ones."""
+    if name not in POLICIES:
+        raise VosjaxError(
+            f"memory_policy={name!r} is not a memory policy; choose one of "
+            f"{', '.join(repr(p) for p in ('auto',) + tuple(POLICIES))} ('auto' = the method's own)."
+        )
+    return POLICIES[name]
+
+
+def policy_of(method_name: Any) -> MemoryPolicy:
+    """The default policy of a registered method (``every_k`` for a model that is not one)."""
+    if isinstance(method_name, str) and method_name in methods.method_names(segments=True):
+        return get_policy(methods.get_method(method_name).memory_policy)
+    return POLICIES["every_k"]
