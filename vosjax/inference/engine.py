@@ -2,45 +2,61 @@
 
 A step takes the ``L`` frames of a clip (``L = 1`` per-frame, ``L > 1``
 per-clip), optional given masks for the LAST valid frame of the clip, and the
-state; it returns the new state and the label maps. Inside one compiled
-program (``B`` videos at once; ``t`` = index of a frame in its video):
+state; it returns the new state and the label maps. :meth:`Engine.step` checks
+its inputs on the host (:func:`_check_step_inputs`); inside one compiled
+program (``B`` videos at once; ``t`` = index of a frame in its video),
+``Engine._step`` composes the pure functions of this module:
 
-1. frames (``uint8``) are ImageNet-normalised on device and resized to the
-   working resolution (``EngineConfig.resolution``);
-2. ``feats = model.encode_key(frames)``; ``logits = model.segment(memory,
-   feats)`` for the objects present before the clip; ``p = sigmoid(logits)``;
-3. per frame, in order (a ``lax.scan``):
+1. :func:`_encode`: frames (``uint8``) are ImageNet-normalised on device,
+   resized to the working resolution (``EngineConfig.resolution``), and
+   ``feats = model.encode_key(frames)``;
+   :func:`_clip_bookkeeping`: the prefix of valid frames, their number, the
+   last valid frame and ``t`` of every frame; :func:`_given_masks`: the slot
+   one-hot of the given label map, the objects given and their masks at the
+   working resolution;
+2. :func:`_read`: ``logits = model.segment(memory, feats)`` for the objects
+   present before the clip; ``p = sigmoid(logits)``;
+3. per frame, in order (a ``lax.scan`` of :func:`_frame_body` in
+   :func:`_scan_frames`):
 
-   a. gradient correction of ``p`` where ``t % K == 0`` (cyclic VOS; only
-      computed, under ``lax.cond``, when some video needs it);
-   b. given masks (last frame only): a given object's ``p`` is its mask; the
-      other objects lose the given pixels, ``p_j <- p_j (1 - max_given)``;
-   c. soft aggregation over the objects present at that frame,
-      ``P = softmax(soft_aggregate(p))`` (channel 0 = background);
-   d. box filter (TrickVOS Algorithm 1, per object, CV or PT) of the object
-      channels, ``P_obj <- A(BB) P_obj`` and ``P_bg = 1 - sum P_obj``; frames
-      with given masks are not filtered but update the box history;
+   a. :func:`_correct`: gradient correction of ``p`` where ``t % K == 0``
+      (cyclic VOS; frames chosen by :func:`_correction_frames`; only computed,
+      under ``lax.cond``, when some video needs it);
+   b. :func:`_apply_given`: given masks (last frame only): a given object's
+      ``p`` is its mask; the other objects lose the given pixels,
+      ``p_j <- p_j (1 - max_given)``;
+   c. :func:`_aggregate`: soft aggregation over the objects present at that
+      frame, ``P = softmax(soft_aggregate(p))`` (channel 0 = background);
+   d. :func:`_box_filter`: box filter (TrickVOS Algorithm 1, per object, CV or
+      PT) of the object channels, ``P_obj <- A(BB) P_obj`` and
+      ``P_bg = 1 - sum P_obj``; frames with given masks are not filtered but
+      update the box history;
 
-4. the last valid frame of the clip and its ``P_obj`` are written to memory
-   where the policy says so (``write``), learners refit where ``refit``
-   (:mod:`vosjax.inference.policies`): the last frame of a clip carries the
-   given masks, so an object is in memory before any later frame is read;
-5. labels = argmax of ``P`` resized to the input size; the given pixels of
-   the last frame are copied exactly.
+4. :func:`_write`: the last valid frame of the clip and its ``P_obj`` are
+   written to memory where the policy says so (``write``), learners refit
+   where ``refit`` (:mod:`vosjax.inference.policies`): the last frame of a clip
+   carries the given masks, so an object is in memory before any later frame
+   is read; :func:`_update_refs` keeps the given masks as correction references;
+5. :func:`_labels`: labels = argmax of ``P`` resized to the input size; the
+   given pixels of the last frame are copied exactly.
 
 Padding frames (``frame_valid`` False; the tail of a clip cut short at a given
-frame or at the end of a video) are computed but change nothing.
+frame or at the end of a video) are computed but change nothing. The engines
+shared across calls (:func:`vosjax.inference.engine_cache.get_engine`) live in
+:mod:`vosjax.inference.engine_cache`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Bool, Int, UInt8
+from jaxtyping import Array, Bool, Float, Int, UInt8
 
 from vosjax.data.normalize import normalize_frames
 from vosjax.errors import VosjaxError
@@ -113,6 +129,390 @@ def _resize(x: Array, size: tuple[int, int]) -> Array:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return jax.image.resize(x, x.shape[:-2] + tuple(size), "linear", antialias=True)
+
+
+# -- host-side input checks of Engine.step -------------------------------------------------
+def _check_new_masks(fn: str, new_masks: Any, b: int, hh: int, ww: int, o: int) -> Any:
+    """``new_masks`` as a ``uint8`` slot label map ``[B, H, W]`` (zeros when None)."""
+    if new_masks is None:
+        return np.zeros((b, hh, ww), np.uint8)
+    on_host = not isinstance(new_masks, jax.Array)
+    nm = np.asarray(new_masks) if on_host else new_masks
+    if nm.shape != (b, hh, ww) or not np.issubdtype(nm.dtype, np.integer):
+        raise VosjaxError(
+            f"{fn}: 'new_masks' must be an integer slot label map [B, H, W] = "
+            f"{[b, hh, ww]}, got {nm.dtype}{list(nm.shape)}."
+        )
+    if on_host and nm.size and (nm.min() < 0 or nm.max() > o):
+        raise VosjaxError(
+            f"{fn}: 'new_masks' holds slot {int(nm.max())} but the state has {o} object "
+            "slots (labels are 0 = none, i + 1 = slot i); map object ids to slots first."
+        )
+    if nm.dtype != np.uint8:
+        nm = nm.astype(np.uint8) if on_host else nm.astype(jnp.uint8)
+    return nm
+
+
+def _check_flags(
+    fn: str, name: str, value: Any, dims: str, shape: tuple[int, int], default: bool
+) -> Any:
+    """``value`` as ``bool[shape]`` (filled with ``default`` when None)."""
+    if value is None:
+        return np.full(shape, default, bool)
+    if tuple(np.shape(value)) != shape:
+        raise VosjaxError(
+            f"{fn}: '{name}' must be bool[{dims}] = {list(shape)}, got {np.shape(value)}."
+        )
+    return value if isinstance(value, jax.Array) else np.asarray(value, bool)
+
+
+def _check_step_inputs(
+    config: EngineConfig,
+    state: Any,
+    frames: Any,
+    new_masks: Any,
+    new_objects: Any,
+    frame_valid: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """Every check of :meth:`Engine.step`; returns ``(frames, new_masks, new_objects, frame_valid)``.
+
+    Host inputs stay NumPy until the compiled call (no eager device ops, so
+    nothing but the step itself is ever compiled while a video runs); the
+    defaults are filled in (no masks, no objects, all frames valid).
+    """
+    fn = "Engine.step"
+    if not isinstance(state, EngineState):
+        raise VosjaxError(
+            f"{fn}: 'state' must come from Engine.init_state, got {type(state).__name__}."
+        )
+    b, o = state.obj_valid.shape
+    length = config.clip_length
+    if not isinstance(frames, jax.Array):
+        frames = np.asarray(frames)
+    if frames.ndim != 5 or frames.shape[:2] != (b, length) or frames.shape[-1] != 3:
+        raise VosjaxError(
+            f"{fn}: 'frames' must be uint8[B={b}, L={length}, H, W, 3], got "
+            f"{frames.dtype}{list(frames.shape)}."
+        )
+    if frames.dtype != np.uint8:
+        raise VosjaxError(
+            f"{fn}: 'frames' must be uint8 RGB (normalisation happens on device), got "
+            f"{frames.dtype}; pass e.g. np.asarray(frames, np.uint8)."
+        )
+    hh, ww = frames.shape[2:4]
+    if config.correction_every and state.refs.frames.shape[2:4] != working_size(
+        (hh, ww), config.resolution
+    ):
+        raise VosjaxError(
+            f"{fn}: the state was made for another frame size; call init_state with "
+            f"frame_size={(hh, ww)}."
+        )
+    new_masks = _check_new_masks(fn, new_masks, b, hh, ww, o)
+    new_objects = _check_flags(fn, "new_objects", new_objects, "B, O", (b, o), False)
+    frame_valid = _check_flags(fn, "frame_valid", frame_valid, "B, L", (b, length), True)
+    return frames, new_masks, new_objects, frame_valid
+
+
+# -- the steps of the compiled program (module docstring) ----------------------------------
+class _Clip(NamedTuple):
+    """Frame bookkeeping of one clip (:func:`_clip_bookkeeping`)."""
+
+    valid: Bool[Array, "B L"]  # the prefix of valid frames
+    n_valid: Int[Array, " B"]  # its length
+    has_frames: Bool[Array, " B"]  # n_valid > 0
+    last: Int[Array, " B"]  # index in the clip of the last valid frame (0 if none)
+    t: Int[Array, "B L"]  # index in the video of every frame of the clip
+
+
+class _Given(NamedTuple):
+    """The masks given for the last valid frame of a clip (:func:`_given_masks`)."""
+
+    labels: UInt8[Array, "B H W"]  # slot label map at the input size (0 = none)
+    obj: Bool[Array, "B O"]  # objects given (False for a video without frames)
+    any_obj: Bool[Array, " B"]  # some object given
+    soft: Float[Array, "B O h w"]  # the given masks at the working size
+
+
+class _FrameContext(NamedTuple):
+    """What every frame of a clip shares in :func:`_frame_body` (bound with functools.partial)."""
+
+    config: EngineConfig
+    model: VOSModel
+    motion_fn: MotionFn | None
+    feat_shape: tuple[int, int]
+    variables: Variables
+    refs: CorrectionRefs | None
+    obj_before: Bool[Array, "B O"]  # objects present before the clip
+    given: _Given
+    last: Int[Array, " B"]
+
+
+def _encode(
+    model: VOSModel, variables: Variables, frames: UInt8[Array, "B L H W 3"], size: tuple[int, int]
+) -> tuple[Float[Array, "B L h w 3"], Any]:
+    """``(x, model.encode_key(x))``, ``x`` = the ImageNet-normalised frames resized to ``size``."""
+    x = normalize_frames(frames)
+    if tuple(size) != tuple(frames.shape[2:4]):
+        x = jnp.moveaxis(_resize(jnp.moveaxis(x, -1, 2), size), 2, -1)
+    return x, model.encode_key(variables, x)
+
+
+def _clip_bookkeeping(frame_valid: Bool[Array, "B L"], frame_count: Int[Array, " B"]) -> _Clip:
+    """Keep the valid prefix of ``frame_valid``; ``last = max(n_valid - 1, 0)``, ``t = count + l``."""
+    length = frame_valid.shape[1]
+    valid = frame_valid & (jnp.cumsum(~frame_valid, axis=1) == 0)  # keep a prefix
+    n_valid = jnp.sum(valid, axis=1).astype(jnp.int32)
+    last = jnp.maximum(n_valid - 1, 0)
+    t = frame_count[:, None] + jnp.arange(length, dtype=jnp.int32)[None]  # [B, L]
+    return _Clip(valid, n_valid, n_valid > 0, last, t)
+
+
+def _given_masks(
+    new_labels: UInt8[Array, "B H W"],
+    new_extra: Bool[Array, "B O"],
+    has_frames: Bool[Array, " B"],
+    size: tuple[int, int],
+) -> _Given:
+    """Slot one-hot of ``new_labels``; objects given = present there or in ``new_extra``.
+
+    The one-hot masks are resized to the working ``size`` only on the (rare)
+    steps that carry masks.
+    """
+    b, hh, ww = new_labels.shape
+    o = new_extra.shape[1]
+    slot_ids = jnp.arange(1, o + 1, dtype=jnp.int32)
+    full = new_labels[:, None].astype(jnp.int32) == slot_ids[None, :, None, None]
+    obj = (jnp.any(full, axis=(2, 3)) | new_extra) & has_frames[:, None]
+    any_obj = jnp.any(obj, axis=1)
+    if tuple(size) == (hh, ww):
+        soft = full.astype(jnp.float32)  # [B, O, h, w]
+    else:
+        soft = lax.cond(
+            jnp.any(any_obj),
+            lambda: _resize(full.astype(jnp.float32), size),
+            lambda: jnp.zeros((b, o, *size), jnp.float32),
+        )
+    return _Given(new_labels, obj, any_obj, soft)
+
+
+def _read(
+    model: VOSModel,
+    variables: Variables,
+    memory: Any,
+    feats: Any,
+    obj_before: Bool[Array, "B O"],
+    options: SegmentOptions,
+) -> Float[Array, "B O L h w"]:
+    """``p = sigmoid(model.segment(memory, feats))`` of the objects present before the clip, else 0."""
+    logits = model.segment(variables, memory, feats, obj_before, options)
+    probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+    return jnp.where(obj_before[:, :, None, None, None], probs, 0.0)
+
+
+def _correction_frames(schedule: Schedule, clip: _Clip, given: _Given) -> Bool[Array, "B L"]:
+    """Frames to correct: ``policies.correction_mask``, except a frame that carries given masks."""
+    length = clip.t.shape[1]
+    do_correct = correction_mask(schedule, clip.t, clip.valid)
+    return do_correct & ~(given.any_obj[:, None] & (jnp.arange(length)[None] == clip.last[:, None]))
+
+
+def _correct(
+    ctx: _FrameContext,
+    p: Float[Array, "B O 1 h w"],
+    x_l: Float[Array, "B h w 3"],
+    feats_l: Any,
+    correct_l: Bool[Array, " B"],
+) -> Float[Array, "B O 1 h w"]:
+    """Gradient correction (:func:`vosjax.inference.cycle.correct_masks`) of the rows that need it."""
+    cfg, refs = ctx.config, ctx.refs
+    rows = correct_l[:, None] & ctx.obj_before & refs.valid
+    return lax.cond(
+        jnp.any(rows),
+        lambda: cycle.correct_masks(
+            ctx.model,
+            ctx.variables,
+            x_l,
+            feats_l,
+            p,
+            refs,
+            rows,
+            ctx.feat_shape,
+            num_iters=cfg.correction_iters,
+            rate=cfg.correction_rate,
+            gamma=cfg.correction_gamma,
+            smooth=cfg.correction_smooth,
+            top_k=cfg.top_k,
+        ),
+        lambda: p,
+    )
+
+
+def _apply_given(
+    p: Float[Array, "B O h w"], given: _Given, at_given: Bool[Array, " B"]
+) -> tuple[Float[Array, "B O h w"], Bool[Array, "B O"]]:
+    """``(p, g_obj)``: a given object's ``p`` is its mask, the others get ``p (1 - max_given)``."""
+    g_obj = given.obj & at_given[:, None]  # [B, O]
+    g_union = jnp.max(jnp.where(g_obj[:, :, None, None], given.soft, 0.0), axis=1)
+    p = jnp.where(g_obj[:, :, None, None], given.soft, p * (1.0 - g_union[:, None]))
+    return p, g_obj
+
+
+def _aggregate(p: Float[Array, "B O h w"], present: Bool[Array, "B O"]) -> Float[Array, "B K h w"]:
+    """``P = softmax(soft_aggregate(p))`` over the present objects (channel 0 = background)."""
+    return jax.nn.softmax(soft_aggregate(p, present), axis=1)
+
+
+def _box_filter(
+    box_state: boxes.BoxFilterState,
+    big: Float[Array, "B K h w"],
+    g_obj: Bool[Array, "B O"],
+    valid_l: Bool[Array, " B"],
+    config: EngineConfig,
+    motion_fn: MotionFn | None,
+) -> tuple[boxes.BoxFilterState, Float[Array, "B K h w"]]:
+    """TrickVOS Algorithm 1 on the object channels of ``P``: ``(box history, filtered P)``.
+
+    Given objects are not filtered but set their box; padding frames keep the history.
+    """
+    # Algorithm 1 post-processes the predictions: the box history follows the
+    # filtered masks, the memory keeps the model's own (unfiltered) predictions.
+    new_box, filt = boxes.box_filter_step(
+        box_state, big[:, 1:], config.box_filter, motion_fn, config.box_margin
+    )
+    filt = jnp.where(g_obj[:, :, None, None], big[:, 1:], filt)
+    new_box = boxes.BoxFilterState(
+        jnp.where(g_obj[..., None], boxes.mask_to_box(big[:, 1:]), new_box.prev_box),
+        new_box.prev_prev_box,
+        new_box.count,
+    )
+    keep = valid_l[:, None]
+    box_state = jax.tree_util.tree_map(
+        lambda n, c: jnp.where(keep.reshape(keep.shape + (1,) * (n.ndim - 2)), n, c),
+        new_box,
+        box_state,
+    )
+    bg = jnp.clip(1.0 - jnp.sum(filt, axis=1, keepdims=True), 0.0, 1.0)
+    return box_state, jnp.concatenate([bg, filt], axis=1)
+
+
+def _frame_body(ctx: _FrameContext, box_state: Any, inputs: tuple) -> tuple[Any, tuple]:
+    """The ``lax.scan`` body over the frames of a clip: correct -> given -> aggregate -> box filter.
+
+    Returns ``(box_state, (P,))``, or ``(box_state, (P, box-filtered P))`` with a box filter.
+    """
+    pos, p, x_l, feats_l, valid_l, correct_l = inputs
+    if ctx.config.correction_every:
+        p = _correct(ctx, p, x_l, feats_l, correct_l)
+    at_given = (pos == ctx.last) & ctx.given.any_obj  # [B]
+    p, g_obj = _apply_given(p, ctx.given, at_given)
+    big = _aggregate(p, ctx.obj_before | g_obj)
+    if not ctx.config.box_filter:
+        return box_state, (big,)
+    box_state, filtered = _box_filter(box_state, big, g_obj, valid_l, ctx.config, ctx.motion_fn)
+    return box_state, (big, filtered)
+
+
+def _scan_frames(
+    ctx: _FrameContext,
+    box_state: boxes.BoxFilterState | None,
+    probs: Float[Array, "B O L h w"],
+    x: Float[Array, "B L h w 3"],
+    feats: Any,
+    clip: _Clip,
+    do_correct: Bool[Array, "B L"],
+) -> tuple[Any, Float[Array, "B K L h w"], Float[Array, "B K L h w"]]:
+    """:func:`_frame_body` over the frames of the clip, in order.
+
+    Returns ``(box_state, P, P_out)``: ``P`` is what the memory gets, ``P_out``
+    what the step outputs (box-filtered; ``P`` without box filter).
+    """
+    length = clip.valid.shape[1]
+    feats_t = jax.tree_util.tree_map(lambda f: jnp.moveaxis(f, 1, 0)[:, :, None], feats)
+    xs = (
+        jnp.arange(length, dtype=jnp.int32),
+        jnp.moveaxis(probs, 2, 0),
+        jnp.moveaxis(x, 1, 0),
+        feats_t,
+        jnp.moveaxis(clip.valid, 1, 0),
+        jnp.moveaxis(do_correct, 1, 0),
+    )
+    box_state, scanned = lax.scan(functools.partial(_frame_body, ctx), box_state, xs)
+    return box_state, jnp.moveaxis(scanned[0], 0, 2), jnp.moveaxis(scanned[-1], 0, 2)
+
+
+def _update_refs(
+    refs: CorrectionRefs | None, x_last: Float[Array, "B 1 h w 3"], given: _Given
+) -> CorrectionRefs | None:
+    """The given frame and masks become the correction references of the objects given."""
+    if refs is None:
+        return None
+    fresh = given.obj  # first mask of each object (or a replaced one)
+    return CorrectionRefs(
+        jnp.where(fresh[:, :, None, None, None], x_last[:, :1], refs.frames),
+        jnp.where(fresh[:, :, None, None], given.soft, refs.masks),
+        refs.valid | fresh,
+    )
+
+
+def _write(
+    schedule: Schedule,
+    model: VOSModel,
+    variables: Variables,
+    state: EngineState,
+    x: Float[Array, "B L h w 3"],
+    feats: Any,
+    agg_probs: Float[Array, "B K L h w"],
+    clip: _Clip,
+    given: _Given,
+    box_state: Any,
+) -> EngineState:
+    """The new state: memory written / learners refit at the last valid frame where the schedule says."""
+    obj_after = state.obj_valid | given.obj
+    since_write = state.since_write + clip.n_valid
+    since_refit = state.since_refit + clip.n_valid
+    write = clip.has_frames & write_mask(schedule, since_write, given.any_obj)
+    refit = clip.has_frames & refit_mask(schedule, since_refit, write, given.any_obj)
+    x_last = _take_frame(x, clip.last)
+    feats_last = jax.tree_util.tree_map(lambda f: _take_frame(f, clip.last), feats)
+    masks_last = _take_frame(jnp.moveaxis(agg_probs[:, 1:], 2, 1), clip.last)  # [B, 1, O, h, w]
+    masks_last = jnp.moveaxis(masks_last, 1, 2)
+    memory = model.memorize(
+        variables, state.memory, x_last, masks_last, obj_after, feats_last, write, refit
+    )
+    return EngineState(
+        memory=memory,
+        obj_valid=jnp.where(clip.has_frames[:, None], obj_after, state.obj_valid),
+        frame_count=state.frame_count + clip.n_valid,
+        since_write=jnp.where(write, 0, since_write),
+        since_refit=jnp.where(refit, 0, since_refit),
+        box=box_state,
+        refs=_update_refs(state.refs, x_last, given),
+    )
+
+
+def _labels(
+    probs: Float[Array, "B K L h w"], clip: _Clip, given: _Given
+) -> tuple[UInt8[Array, "B L H W"], Float[Array, "B K L H W"]]:
+    """``(labels, P)`` at the input size: argmax of ``P``, the given pixels copied exactly.
+
+    On the frame that carries masks, a pixel of a given object that is not in
+    its given mask becomes background; padding frames are 0.
+    """
+    b, hh, ww = given.labels.shape
+    length = clip.valid.shape[1]
+    probs = _resize(probs, (hh, ww))
+    labels = jnp.argmax(probs, axis=1).astype(jnp.int32)  # [B, L, H, W]
+    is_last = jnp.arange(length)[None] == clip.last[:, None]  # [B, L]
+    table = jnp.concatenate([jnp.zeros((b, 1), bool), given.obj], axis=1)  # slot -> given
+    labels_given = jnp.take_along_axis(table, labels.reshape(b, -1), axis=1).reshape(labels.shape)
+    exact = jnp.where(
+        given.labels[:, None] > 0,
+        given.labels[:, None].astype(jnp.int32),
+        jnp.where(labels_given, 0, labels),
+    )
+    labels = jnp.where((is_last & given.any_obj[:, None])[:, :, None, None], exact, labels)
+    labels = jnp.where(clip.valid[:, :, None, None], labels, 0).astype(jnp.uint8)
+    return labels, probs
 
 
 class Engine:
@@ -233,72 +633,10 @@ class Engine:
         Returns:
           ``(state, StepOutput)``; one compilation serves every step with the same shapes.
         """
-        fn = "Engine.step"
-        if not isinstance(state, EngineState):
-            raise VosjaxError(
-                f"{fn}: 'state' must come from Engine.init_state, got {type(state).__name__}."
-            )
-        b, o = state.obj_valid.shape
-        length = self.config.clip_length
-        # Host inputs stay NumPy until the compiled call (no eager device ops, so nothing but
-        # the step itself is ever compiled while a video runs).
-        if not isinstance(frames, jax.Array):
-            frames = np.asarray(frames)
-        if frames.ndim != 5 or frames.shape[:2] != (b, length) or frames.shape[-1] != 3:
-            raise VosjaxError(
-                f"{fn}: 'frames' must be uint8[B={b}, L={length}, H, W, 3], got "
-                f"{frames.dtype}{list(frames.shape)}."
-            )
-        if frames.dtype != np.uint8:
-            raise VosjaxError(
-                f"{fn}: 'frames' must be uint8 RGB (normalisation happens on device), got "
-                f"{frames.dtype}; pass e.g. np.asarray(frames, np.uint8)."
-            )
-        hh, ww = frames.shape[2:4]
-        if self.config.correction_every and state.refs.frames.shape[2:4] != self.working_size(
-            (hh, ww)
-        ):
-            raise VosjaxError(
-                f"{fn}: the state was made for another frame size; call init_state with "
-                f"frame_size={(hh, ww)}."
-            )
-        if new_masks is None:
-            new_masks = np.zeros((b, hh, ww), np.uint8)
-        else:
-            on_host = not isinstance(new_masks, jax.Array)
-            nm = np.asarray(new_masks) if on_host else new_masks
-            if nm.shape != (b, hh, ww) or not np.issubdtype(nm.dtype, np.integer):
-                raise VosjaxError(
-                    f"{fn}: 'new_masks' must be an integer slot label map [B, H, W] = "
-                    f"{[b, hh, ww]}, got {nm.dtype}{list(nm.shape)}."
-                )
-            if on_host and nm.size and (nm.min() < 0 or nm.max() > o):
-                raise VosjaxError(
-                    f"{fn}: 'new_masks' holds slot {int(nm.max())} but the state has {o} object "
-                    "slots (labels are 0 = none, i + 1 = slot i); map object ids to slots first."
-                )
-            if nm.dtype != np.uint8:
-                nm = nm.astype(np.uint8) if on_host else nm.astype(jnp.uint8)
-            new_masks = nm
-        if new_objects is None:
-            new_objects = np.zeros((b, o), bool)
-        elif tuple(np.shape(new_objects)) != (b, o):
-            raise VosjaxError(
-                f"{fn}: 'new_objects' must be bool[B, O] = {[b, o]}, got {np.shape(new_objects)}."
-            )
-        elif not isinstance(new_objects, jax.Array):
-            new_objects = np.asarray(new_objects, bool)
-        if frame_valid is None:
-            frame_valid = np.ones((b, length), bool)
-        elif tuple(np.shape(frame_valid)) != (b, length):
-            raise VosjaxError(
-                f"{fn}: 'frame_valid' must be bool[B, L] = {[b, length]}, got {np.shape(frame_valid)}."
-            )
-        elif not isinstance(frame_valid, jax.Array):
-            frame_valid = np.asarray(frame_valid, bool)
-        return self._step_jit(variables, state, frames, new_masks, new_objects, frame_valid)
+        inputs = _check_step_inputs(self.config, state, frames, new_masks, new_objects, frame_valid)
+        return self._step_jit(variables, state, *inputs)
 
-    # -- the compiled program -------------------------------------------------------------
+    # -- the compiled program (module docstring) ------------------------------------------
     def _step(
         self,
         variables: Variables,
@@ -309,157 +647,29 @@ class Engine:
         frame_valid: Bool[Array, "B L"],
     ) -> tuple[EngineState, StepOutput]:
         self.num_traces += 1
-        cfg, model = self.config, self.model
-        b, length, hh, ww, _ = frames.shape
-        o = state.obj_valid.shape[1]
-        wh, wwid = self.working_size((hh, ww))
-        feat_shape = self.feat_shape((hh, ww))
-
-        x = normalize_frames(frames)
-        if (wh, wwid) != (hh, ww):
-            x = jnp.moveaxis(_resize(jnp.moveaxis(x, -1, 2), (wh, wwid)), 2, -1)
-        feats = model.encode_key(variables, x)
-
-        # frame bookkeeping
-        frame_valid = frame_valid & (jnp.cumsum(~frame_valid, axis=1) == 0)  # keep a prefix
-        n_valid = jnp.sum(frame_valid, axis=1).astype(jnp.int32)
-        has_frames = n_valid > 0
-        last = jnp.maximum(n_valid - 1, 0)
-        t = state.frame_count[:, None] + jnp.arange(length, dtype=jnp.int32)[None]  # [B, L]
-
-        # given masks (last valid frame of the clip)
-        slot_ids = jnp.arange(1, o + 1, dtype=jnp.int32)
-        given_full = new_labels[:, None].astype(jnp.int32) == slot_ids[None, :, None, None]
-        given_obj = (jnp.any(given_full, axis=(2, 3)) | new_extra) & has_frames[:, None]
-        given_any = jnp.any(given_obj, axis=1)
-        if (wh, wwid) == (hh, ww):
-            given_soft = given_full.astype(jnp.float32)  # [B, O, h, w]
-        else:  # resized only on the (rare) steps that carry masks
-            given_soft = lax.cond(
-                jnp.any(given_any),
-                lambda: _resize(given_full.astype(jnp.float32), (wh, wwid)),
-                lambda: jnp.zeros((b, o, wh, wwid), jnp.float32),
-            )
-        obj_before = state.obj_valid
-        obj_after = obj_before | given_obj
-
-        # segmentation of the clip from the memory
-        logits = model.segment(variables, state.memory, feats, obj_before, self.options)
-        probs = jax.nn.sigmoid(logits.astype(jnp.float32))
-        probs = jnp.where(obj_before[:, :, None, None, None], probs, 0.0)
-
-        do_correct = correction_mask(self.schedule, t, frame_valid)
-        do_correct = do_correct & ~(
-            given_any[:, None] & (jnp.arange(length)[None] == last[:, None])
+        model, frame_size = self.model, tuple(frames.shape[2:4])
+        size = self.working_size(frame_size)
+        x, feats = _encode(model, variables, frames, size)
+        clip = _clip_bookkeeping(frame_valid, state.frame_count)
+        given = _given_masks(new_labels, new_extra, clip.has_frames, size)
+        probs = _read(model, variables, state.memory, feats, state.obj_valid, self.options)
+        do_correct = _correction_frames(self.schedule, clip, given)
+        ctx = _FrameContext(
+            self.config,
+            model,
+            self.motion_fn,
+            self.feat_shape(frame_size),
+            variables,
+            state.refs,
+            state.obj_valid,
+            given,
+            clip.last,
         )
-        refs = state.refs
-
-        def per_frame(box_state, inputs):
-            pos, p, x_l, feats_l, valid_l, correct_l = inputs
-            if cfg.correction_every:
-                rows = correct_l[:, None] & obj_before & refs.valid
-                p = lax.cond(
-                    jnp.any(rows),
-                    lambda: cycle.correct_masks(
-                        model,
-                        variables,
-                        x_l,
-                        feats_l,
-                        p,
-                        refs,
-                        rows,
-                        feat_shape,
-                        num_iters=cfg.correction_iters,
-                        rate=cfg.correction_rate,
-                        gamma=cfg.correction_gamma,
-                        smooth=cfg.correction_smooth,
-                        top_k=cfg.top_k,
-                    ),
-                    lambda: p,
-                )
-            at_given = (pos == last) & given_any  # [B]
-            g_obj = given_obj & at_given[:, None]  # [B, O]
-            g_union = jnp.max(jnp.where(g_obj[:, :, None, None], given_soft, 0.0), axis=1)
-            p = jnp.where(g_obj[:, :, None, None], given_soft, p * (1.0 - g_union[:, None]))
-            present = obj_before | g_obj
-            big = jax.nn.softmax(soft_aggregate(p, present), axis=1)
-            if cfg.box_filter:
-                # Algorithm 1 post-processes the predictions: the box history follows the
-                # filtered masks, the memory keeps the model's own (unfiltered) predictions.
-                new_box, filt = boxes.box_filter_step(
-                    box_state, big[:, 1:], cfg.box_filter, self.motion_fn, cfg.box_margin
-                )
-                filt = jnp.where(g_obj[:, :, None, None], big[:, 1:], filt)
-                new_box = boxes.BoxFilterState(
-                    jnp.where(g_obj[..., None], boxes.mask_to_box(big[:, 1:]), new_box.prev_box),
-                    new_box.prev_prev_box,
-                    new_box.count,
-                )
-                keep = valid_l[:, None]
-                box_state = jax.tree_util.tree_map(
-                    lambda n, c: jnp.where(keep.reshape(keep.shape + (1,) * (n.ndim - 2)), n, c),
-                    new_box,
-                    box_state,
-                )
-                bg = jnp.clip(1.0 - jnp.sum(filt, axis=1, keepdims=True), 0.0, 1.0)
-                return box_state, (big, jnp.concatenate([bg, filt], axis=1))
-            return box_state, (big,)
-
-        feats_t = jax.tree_util.tree_map(lambda f: jnp.moveaxis(f, 1, 0)[:, :, None], feats)
-        xs = (
-            jnp.arange(length, dtype=jnp.int32),
-            jnp.moveaxis(probs, 2, 0),
-            jnp.moveaxis(x, 1, 0),
-            feats_t,
-            jnp.moveaxis(frame_valid, 1, 0),
-            jnp.moveaxis(do_correct, 1, 0),
+        box_state, agg_probs, out_probs = _scan_frames(
+            ctx, state.box, probs, x, feats, clip, do_correct
         )
-        box_state, scanned = lax.scan(per_frame, state.box, xs)
-        agg_probs = jnp.moveaxis(scanned[0], 0, 2)  # [B, O+1, L, h, w]: what the memory gets
-        out_probs = jnp.moveaxis(scanned[-1], 0, 2)  # what the step outputs (box-filtered)
-
-        # memory update at the last valid frame
-        since_write = state.since_write + n_valid
-        since_refit = state.since_refit + n_valid
-        write = has_frames & write_mask(self.schedule, since_write, given_any)
-        refit = has_frames & refit_mask(self.schedule, since_refit, write, given_any)
-        x_last = _take_frame(x, last)
-        feats_last = jax.tree_util.tree_map(lambda f: _take_frame(f, last), feats)
-        masks_last = _take_frame(jnp.moveaxis(agg_probs[:, 1:], 2, 1), last)  # [B, 1, O, h, w]
-        masks_last = jnp.moveaxis(masks_last, 1, 2)
-        memory = model.memorize(
-            variables, state.memory, x_last, masks_last, obj_after, feats_last, write, refit
+        new_state = _write(
+            self.schedule, model, variables, state, x, feats, agg_probs, clip, given, box_state
         )
-        if refs is not None:
-            fresh = given_obj  # first mask of each object (or a replaced one)
-            refs = CorrectionRefs(
-                jnp.where(fresh[:, :, None, None, None], x_last[:, :1], refs.frames),
-                jnp.where(fresh[:, :, None, None], given_soft, refs.masks),
-                refs.valid | fresh,
-            )
-        new_state = EngineState(
-            memory=memory,
-            obj_valid=jnp.where(has_frames[:, None], obj_after, obj_before),
-            frame_count=state.frame_count + n_valid,
-            since_write=jnp.where(write, 0, since_write),
-            since_refit=jnp.where(refit, 0, since_refit),
-            box=box_state,
-            refs=refs,
-        )
-
-        # outputs at the input resolution
-        out_probs = _resize(out_probs, (hh, ww))
-        labels = jnp.argmax(out_probs, axis=1).astype(jnp.int32)  # [B, L, H, W]
-        is_last = jnp.arange(length)[None] == last[:, None]  # [B, L]
-        table = jnp.concatenate([jnp.zeros((b, 1), bool), given_obj], axis=1)  # slot -> given
-        labels_given = jnp.take_along_axis(table, labels.reshape(b, -1), axis=1).reshape(
-            labels.shape
-        )
-        exact = jnp.where(
-            new_labels[:, None] > 0,
-            new_labels[:, None].astype(jnp.int32),
-            jnp.where(labels_given, 0, labels),
-        )
-        labels = jnp.where((is_last & given_any[:, None])[:, :, None, None], exact, labels)
-        labels = jnp.where(frame_valid[:, :, None, None], labels, 0).astype(jnp.uint8)
-        return new_state, StepOutput(labels, out_probs if cfg.return_probs else None)
+        labels, out_probs = _labels(out_probs, clip, given)
+        return new_state, StepOutput(labels, out_probs if self.config.return_probs else None)
