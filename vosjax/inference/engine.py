@@ -60,8 +60,8 @@ from jaxtyping import Array, Bool, Float, Int, UInt8
 
 from vosjax.data.normalize import normalize_frames
 from vosjax.errors import VosjaxError
-from vosjax.inference import cycle
 from vosjax.inference.config import EngineConfig
+from vosjax.inference.cycle import correct_masks
 from vosjax.inference.policies import (
     Schedule,
     correction_mask,
@@ -328,7 +328,7 @@ def _correct(
     rows = correct_l[:, None] & ctx.obj_before & refs.valid
     return lax.cond(
         jnp.any(rows),
-        lambda: cycle.correct_masks(
+        lambda: correct_masks(
             ctx.model,
             ctx.variables,
             x_l,
