@@ -125,16 +125,25 @@ def toy_method():
 def _toy_config():
     import ml_collections
 
-    from vosjax.training.schema import validate_config, with_defaults
     from vosjax.training import presets as P
+    from vosjax.training.schema import validate_config, with_defaults
 
     c = P.base(seed=0)
     c.model = ml_collections.ConfigDict({"name": "toymem", "memory_frames": 4})
     c.objective = ml_collections.ConfigDict({"name": "toymem", "weight": 1.0})
     P.add_stage(
-        c, "video", steps=40,
-        data=P.data(P.synthetic_source("demo"), sampler="toymem", batch_size=8,
-                    crop_size=(32, 32), max_objects=2, num_threads=1, prefetch=2),
+        c,
+        "video",
+        steps=40,
+        data=P.data(
+            P.synthetic_source("demo"),
+            sampler="toymem",
+            batch_size=8,
+            crop_size=(32, 32),
+            max_objects=2,
+            num_threads=1,
+            prefetch=2,
+        ),
         optim=P.optim(name="adam", lr=3e-2),
     )
     c.inference = ml_collections.ConfigDict({"max_objects": 2, "top_k": 8})
@@ -188,7 +197,12 @@ def test_registry_lookups_and_errors():
     assert methods.get_method("tracker").bundle_key == "tracker"
     assert "tracker" not in methods.method_names(segments=True)
     assert set(methods.method_names(segments=True)) == {
-        "stcn", "trickvos", "cyclic", "pcvos", "joint", "frtm"
+        "stcn",
+        "trickvos",
+        "cyclic",
+        "pcvos",
+        "joint",
+        "frtm",
     }
     with pytest.raises(VosjaxError, match="Did you mean 'pcvos'"):
         methods.get_method("pcvoss")

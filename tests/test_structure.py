@@ -108,7 +108,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if nxt not in graph:
                 continue
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if not state.get(nxt):
                 state[nxt] = 1
                 stack.append((nxt, iter(sorted(graph[nxt]))))

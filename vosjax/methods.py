@@ -162,7 +162,9 @@ def load(ref: Any) -> Any:
 def register(method: Method, *, replace: bool = False) -> Method:
     """Add ``method`` to the registry (``replace=True`` to overwrite an entry)."""
     if not isinstance(method, Method):
-        raise VosjaxError(f"register: expected a vosjax.methods.Method, got {type(method).__name__}.")
+        raise VosjaxError(
+            f"register: expected a vosjax.methods.Method, got {type(method).__name__}."
+        )
     if method.name in _REGISTRY and not replace:
         raise VosjaxError(
             f"register: a method named {method.name!r} is already registered; pick another "
@@ -205,48 +207,86 @@ _STCN_MODEL = "vosjax.models.stcn:STCN"
 _STCN_CONFIG = "vosjax.models.stcn:default_config"
 _MEMORY_OBJ = "vosjax.objectives.memory"
 
-register(Method(
-    name="stcn", model=_STCN_MODEL, default_config=_STCN_CONFIG, default_config_arg="stcn",
-    objective=f"{_MEMORY_OBJ}:stcn_objective", options=f"{_MEMORY_OBJ}:STCNOptions",
-    sampler=Sampler("chain", 3, _STCN_GAPS, 0.5), memory_policy="every_k",
-    paper_params=(None, "not stated in the papers here"),
-))
-register(Method(
-    name="trickvos", model=_STCN_MODEL, default_config=_STCN_CONFIG,
-    default_config_arg="trickvos",
-    objective=f"{_MEMORY_OBJ}:trickvos_objective", options=f"{_MEMORY_OBJ}:TrickVOSOptions",
-    sampler=Sampler("chain", 5, _STCN_GAPS, 0.5), memory_policy="first_last",
-    paper_params=(1.9e6, "TrickVOS sec. 4.3: 'our 1.9M'"),
-))
-register(Method(
-    name="cyclic", model=_STCN_MODEL, default_config=_STCN_CONFIG, default_config_arg="cyclic",
-    objective=f"{_MEMORY_OBJ}:cyclic_objective", options=f"{_MEMORY_OBJ}:CyclicOptions",
-    sampler=Sampler("chain", 3, _CYCLIC_GAPS, 0.0), memory_policy="every_k",
-))
-register(Method(
-    name="pcvos", model="vosjax.models.pcvos:PCVOS",
-    default_config="vosjax.models.pcvos:default_config",
-    objective=f"{_MEMORY_OBJ}:pcvos_objective", options=f"{_MEMORY_OBJ}:PCVOSOptions",
-    sampler=Sampler("clips", None, _PCVOS_GAPS, 0.0), memory_policy="every_k",
-))
-register(Method(
-    name="joint", model="vosjax.models.joint:JOINT",
-    default_config="vosjax.models.joint:default_config",
-    objective="vosjax.objectives.joint:joint_objective",
-    options="vosjax.objectives.joint:JOINTOptions",
-    sampler=Sampler("window", 4), memory_policy="joint",
-))
-register(Method(
-    name="frtm", model="vosjax.models.frtm:FRTM",
-    default_config="vosjax.models.frtm:default_config",
-    objective="vosjax.objectives.frtm:frtm_objective",
-    options="vosjax.objectives.frtm:FRTMOptions",
-    sampler=Sampler("pool", 3), memory_policy="frtm",
-))
-register(Method(
-    name="tracker", model="vosjax.objectives.tracker:TrackerModel",
-    default_config="vosjax.models.tracker:default_config",
-    objective="vosjax.objectives.tracker:tracker_objective",
-    options="vosjax.objectives.tracker:TrackerOptions",
-    sampler=Sampler("chain", 3, _STCN_GAPS, 0.5), memory_policy=None, bundle_key="tracker",
-))
+register(
+    Method(
+        name="stcn",
+        model=_STCN_MODEL,
+        default_config=_STCN_CONFIG,
+        default_config_arg="stcn",
+        objective=f"{_MEMORY_OBJ}:stcn_objective",
+        options=f"{_MEMORY_OBJ}:STCNOptions",
+        sampler=Sampler("chain", 3, _STCN_GAPS, 0.5),
+        memory_policy="every_k",
+        paper_params=(None, "not stated in the papers here"),
+    )
+)
+register(
+    Method(
+        name="trickvos",
+        model=_STCN_MODEL,
+        default_config=_STCN_CONFIG,
+        default_config_arg="trickvos",
+        objective=f"{_MEMORY_OBJ}:trickvos_objective",
+        options=f"{_MEMORY_OBJ}:TrickVOSOptions",
+        sampler=Sampler("chain", 5, _STCN_GAPS, 0.5),
+        memory_policy="first_last",
+        paper_params=(1.9e6, "TrickVOS sec. 4.3: 'our 1.9M'"),
+    )
+)
+register(
+    Method(
+        name="cyclic",
+        model=_STCN_MODEL,
+        default_config=_STCN_CONFIG,
+        default_config_arg="cyclic",
+        objective=f"{_MEMORY_OBJ}:cyclic_objective",
+        options=f"{_MEMORY_OBJ}:CyclicOptions",
+        sampler=Sampler("chain", 3, _CYCLIC_GAPS, 0.0),
+        memory_policy="every_k",
+    )
+)
+register(
+    Method(
+        name="pcvos",
+        model="vosjax.models.pcvos:PCVOS",
+        default_config="vosjax.models.pcvos:default_config",
+        objective=f"{_MEMORY_OBJ}:pcvos_objective",
+        options=f"{_MEMORY_OBJ}:PCVOSOptions",
+        sampler=Sampler("clips", None, _PCVOS_GAPS, 0.0),
+        memory_policy="every_k",
+    )
+)
+register(
+    Method(
+        name="joint",
+        model="vosjax.models.joint:JOINT",
+        default_config="vosjax.models.joint:default_config",
+        objective="vosjax.objectives.joint:joint_objective",
+        options="vosjax.objectives.joint:JOINTOptions",
+        sampler=Sampler("window", 4),
+        memory_policy="joint",
+    )
+)
+register(
+    Method(
+        name="frtm",
+        model="vosjax.models.frtm:FRTM",
+        default_config="vosjax.models.frtm:default_config",
+        objective="vosjax.objectives.frtm:frtm_objective",
+        options="vosjax.objectives.frtm:FRTMOptions",
+        sampler=Sampler("pool", 3),
+        memory_policy="frtm",
+    )
+)
+register(
+    Method(
+        name="tracker",
+        model="vosjax.objectives.tracker:TrackerModel",
+        default_config="vosjax.models.tracker:default_config",
+        objective="vosjax.objectives.tracker:tracker_objective",
+        options="vosjax.objectives.tracker:TrackerOptions",
+        sampler=Sampler("chain", 3, _STCN_GAPS, 0.5),
+        memory_policy=None,
+        bundle_key="tracker",
+    )
+)

@@ -320,8 +320,7 @@ def _parse_value(text: str) -> Any:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from vosjax.inference import EngineConfig
-
+    """The EngineConfig fields set on the command line (checked where the config is built)."""
     o: dict[str, Any] = {}
     if args.clip_length is not None:
         o["clip_length"] = args.clip_length
@@ -338,7 +337,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise VosjaxError(f"segment: --engine expects FIELD=VALUE, got {item!r}.")
         key, value = item.split("=", 1)
         o[key.strip()] = _parse_value(value.strip())
-    EngineConfig.from_config(o)  # unknown fields / bad values fail here, naming the field
     return o
 
 
@@ -389,11 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        overrides = _overrides(args)
-        seqs = find_sequences(args.frames, args.masks, args.video, args.resolution, args.sequences)
         from vosjax.inference import engine_from_bundle
 
-        engine, variables = engine_from_bundle(args.checkpoint, overrides)
+        # The one EngineConfig (bundle section + overrides) is built here, before the inputs
+        # are read, so unknown fields / bad values fail first, naming the field.
+        engine, variables = engine_from_bundle(args.checkpoint, _overrides(args))
+        seqs = find_sequences(args.frames, args.masks, args.video, args.resolution, args.sequences)
         total = 0
         for seq in seqs:
             total += segment_sequence(

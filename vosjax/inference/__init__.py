@@ -7,10 +7,11 @@
 - :func:`evaluate_source`: DAVIS scores of a model on a data source.
 """
 
+from vosjax.inference.clips import plan_clips
 from vosjax.inference.config import BOX_FILTERS, MEMORY_POLICIES, EngineConfig
 from vosjax.inference.engine import Engine, working_size
 from vosjax.inference.evaluation import evaluate_source
-from vosjax.inference.policies import plan_clips, resolve_policy
+from vosjax.inference.policies import resolve_policy
 from vosjax.inference.runner import eval_video_frames, run_batch, run_video, shard_batch
 from vosjax.inference.segmenter import (
     ObjectTable,

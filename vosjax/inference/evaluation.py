@@ -5,13 +5,12 @@ source (``len(src)``, ``src[i] -> Video``: synthetic, DAVIS, ...), feeding
 each object's mask on the frame where it first appears, and scores the
 predictions with :mod:`vosjax.metrics` (first and last frames excluded,
 per-object J / F statistics, J&F-Mean). Engines are cached per (model
-config, engine config), so periodic evaluations during training compile once.
+config, engine config) (:func:`vosjax.inference.engine_cache.get_engine`,
+re-exported here), so periodic evaluations during training compile once.
 """
 
 from __future__ import annotations
 
-import collections
-import json
 from typing import Any
 
 import numpy as np
@@ -20,36 +19,11 @@ from vosjax import metrics
 from vosjax.data.evaluation import iter_eval_videos
 from vosjax.errors import VosjaxError
 from vosjax.inference.config import EngineConfig
-from vosjax.inference.engine import Engine
+from vosjax.inference.engine_cache import get_engine  # re-exported
 from vosjax.inference.runner import eval_video_frames, run_video
 from vosjax.models.base import VOSModel
 
 __all__ = ["evaluate_source", "get_engine"]
-
-_CACHE: collections.OrderedDict = collections.OrderedDict()
-_CACHE_SIZE = 4
-
-
-def _config_key(config: Any) -> str:
-    d = config.to_dict() if hasattr(config, "to_dict") else config
-    try:
-        return json.dumps(d, sort_keys=True, default=repr)
-    except TypeError:
-        return repr(d)
-
-
-def get_engine(model: VOSModel, config: EngineConfig) -> Engine:
-    """An :class:`Engine` for ``(model, config)``, reused across calls (its compilations too)."""
-    key = (type(model), _config_key(model.config), config)
-    engine = _CACHE.get(key)
-    if engine is None:
-        engine = Engine(model, config)
-        _CACHE[key] = engine
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
-    return engine
 
 
 def evaluate_source(

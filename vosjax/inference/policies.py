@@ -32,14 +32,12 @@ from typing import Any
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
-from vosjax.errors import VosjaxError
 from vosjax.inference.config import EngineConfig
 from vosjax.memory_policy import MemoryPolicy, get_policy, policy_of
 
 __all__ = [
     "correction_mask",
     "default_policy",
-    "plan_clips",
     "refit_mask",
     "resolve_policy",
     "write_mask",
@@ -113,23 +111,3 @@ def correction_mask(
     if every <= 0:
         return jnp.zeros(jnp.shape(t), bool)
     return valid & (t > 0) & (t % every == 0)
-
-
-def plan_clips(given: list[bool] | tuple[bool, ...], clip_length: int) -> list[tuple[int, int]]:
-    """Host-side clip boundaries ``[(start, stop), ...]`` of a video.
-
-    A clip holds at most ``clip_length`` frames and ends at every frame that
-    carries given masks (so those masks are written to memory before any
-    later frame is read). Per-frame mode (``clip_length = 1``) gives one clip
-    per frame. This is the rule the streaming drivers apply frame by frame.
-    """
-    if clip_length < 1:
-        raise VosjaxError(f"plan_clips: 'clip_length' must be >= 1, got {clip_length}.")
-    clips, start = [], 0
-    for t, g in enumerate(given):
-        if t + 1 - start == clip_length or g:
-            clips.append((start, t + 1))
-            start = t + 1
-    if start < len(given):
-        clips.append((start, len(given)))
-    return clips

@@ -1,7 +1,8 @@
 """Whole-video drivers: one video (:func:`run_video`) or several at once (:func:`run_batch`).
 
 Both stream frames (one frame of each video in memory at a time, plus a clip
-buffer), cut clips where masks are given (:func:`vosjax.inference.policies.plan_clips`),
+buffer), cut clips where masks are given (one :class:`vosjax.inference.clips.ClipBuffer`
+per video),
 keep object ids as given, and call the engine's compiled step.
 
 ``run_batch`` steps ``B`` videos of one frame size together: the engine state
@@ -23,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import UInt8
 
 from vosjax.errors import VosjaxError
+from vosjax.inference.clips import Clip, ClipBuffer
 from vosjax.inference.engine import Engine
 from vosjax.inference.segmenter import ObjectTable, Prediction, VideoSegmenter, object_slots
 
@@ -67,18 +69,19 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
 class _Row:
     """One video of a batch: its frame iterator, object table and clip buffer."""
 
-    def __init__(self, frames: Iterable[FrameInput], slots: int, size: tuple[int, int]):
+    def __init__(
+        self, frames: Iterable[FrameInput], slots: int, size: tuple[int, int], clip_length: int
+    ):
         self.it = iter(frames)
         self.table = ObjectTable(slots, size, "run_batch")
         self.size = size
-        self.buffer: list[np.ndarray] = []
-        self.given: tuple[np.ndarray, np.ndarray] | None = None
+        self.clips = ClipBuffer(clip_length, size)
         self.done = False
         self.out: list[np.ndarray] = []
 
-    def fill(self, length: int) -> None:
+    def fill(self) -> None:
         """Pull frames until the clip is complete (L frames, a mask, or the video's end)."""
-        while not self.done and len(self.buffer) < length and self.given is None:
+        while not self.done and not self.clips.complete:
             try:
                 frame, mask = next(self.it)
             except StopIteration:
@@ -90,9 +93,19 @@ class _Row:
                     f"run_batch: every frame of a batch must be uint8{[*self.size, 3]}, got "
                     f"{f.dtype}{list(f.shape)}; batch videos of one size."
                 )
-            self.buffer.append(f)
-            if mask is not None:
-                self.given = self.table.given(mask)
+            self.clips.push(f, None if mask is None else self.table.given(mask))
+
+
+def _batch_inputs(clips: Sequence[Clip], size: tuple[int, int], slots: int) -> tuple:
+    """``(frames, new_masks, new_objects, frame_valid)`` of ``Engine.step``, one row per clip."""
+    frames = np.stack([c.frames for c in clips])
+    valid = np.stack([c.valid for c in clips])
+    labels = np.zeros((len(clips), *size), np.uint8)
+    given = np.zeros((len(clips), slots), bool)
+    for i, c in enumerate(clips):
+        if c.given is not None:
+            labels[i], given[i] = c.given
+    return frames, labels, given, valid
 
 
 def run_batch(
@@ -130,36 +143,22 @@ def run_batch(
         if num_objects is None
         else object_slots(num_objects, engine.config)
     )
-    length = engine.config.clip_length
-    rows = [_Row(v, slots, size) for v in videos]
+    rows = [_Row(v, slots, size, engine.config.clip_length) for v in videos]
     state = engine.init_state(variables, b, size, slots)
     if mesh is not None:
         state = shard_batch(state, mesh)
     while True:
         for r in rows:
-            r.fill(length)
-        if not any(r.buffer for r in rows):
+            r.fill()
+        if not any(len(r.clips) for r in rows):
             break
-        frames = np.zeros((b, length, *size, 3), np.uint8)
-        valid = np.zeros((b, length), bool)
-        labels = np.zeros((b, *size), np.uint8)
-        given = np.zeros((b, slots), bool)
-        for i, r in enumerate(rows):
-            n = len(r.buffer)
-            if n:
-                frames[i, :n] = np.stack(r.buffer)
-                frames[i, n:] = r.buffer[-1]
-                valid[i, :n] = True
-            if r.given is not None:
-                labels[i], given[i] = r.given
-        inputs = (frames, labels, given, valid)
+        clips = [r.clips.take() for r in rows]  # a finished row gives an empty (padding) clip
+        inputs = _batch_inputs(clips, size, slots)
         if mesh is not None:
             inputs = shard_batch(inputs, mesh)
         state, out = engine.step(variables, state, *inputs)
         out_labels = np.asarray(out.labels)
-        for i, r in enumerate(rows):
-            n = len(r.buffer)
-            if n:
-                r.out.extend(r.table.to_ids(out_labels[i, :n]))
-            r.buffer, r.given = [], None
+        for i, (r, c) in enumerate(zip(rows, clips)):
+            if c.num_frames:
+                r.out.extend(r.table.to_ids(out_labels[i, : c.num_frames]))
     return [np.stack(r.out) if r.out else np.zeros((0, *size), np.uint8) for r in rows]

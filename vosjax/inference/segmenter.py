@@ -15,7 +15,8 @@ It keeps the object table (palette id <-> engine slot; ids are preserved
 exactly, new ids may appear in any frame) and, in per-clip mode, buffers
 frames until a clip is complete: ``clip_length`` frames, or a frame that
 carries a mask (that frame ends its clip so its mask is in memory before any
-later frame is read; the clip is padded). In per-frame mode every ``step``
+later frame is read; the clip is padded): the rule of
+:class:`~vosjax.inference.clips.ClipBuffer`, shared with ``run_batch``. In per-frame mode every ``step``
 returns exactly the prediction of its frame: ``labels = seg.step(frame)[0].labels``.
 """
 
@@ -30,8 +31,10 @@ import numpy as np
 from jaxtyping import Float, UInt8
 
 from vosjax.errors import VosjaxError
+from vosjax.inference.clips import ClipBuffer
 from vosjax.inference.config import EngineConfig
 from vosjax.inference.engine import Engine, MotionFn
+from vosjax.inference.engine_cache import get_engine
 
 __all__ = ["ObjectTable", "Prediction", "VideoSegmenter", "engine_from_bundle", "object_slots"]
 
@@ -86,27 +89,31 @@ def _inference_section(config: Any) -> dict[str, Any]:
 
 def engine_from_bundle(
     bundle: os.PathLike | str,
-    overrides: dict[str, Any] | None = None,
+    overrides: EngineConfig | dict[str, Any] | None = None,
     *,
     motion_fn: MotionFn | None = None,
 ) -> tuple[Engine, Any]:
     """``(engine, variables)`` from an exported bundle (``vosjax.checkpoint.export_bundle``).
 
     The engine options are the bundle's ``config.inference`` section, updated
-    by ``overrides`` (field names of :class:`EngineConfig`).
+    by ``overrides`` (field names of :class:`EngineConfig`), built into one
+    :class:`EngineConfig` here (an unknown field or a bad value raises,
+    naming it); an :class:`EngineConfig` as ``overrides`` sets every field
+    and is used as it is.
     """
     from vosjax.checkpoint import load_bundle
 
     model, variables, run_config = load_bundle(bundle)
-    fields = _inference_section(run_config)
-    fields = {k: v for k, v in fields.items() if k in EngineConfig.field_names()}
-    fields.update(overrides or {})
-    config = EngineConfig.from_config(fields)
+    if isinstance(overrides, EngineConfig):
+        config = overrides
+    else:
+        fields = _inference_section(run_config)
+        fields = {k: v for k, v in fields.items() if k in EngineConfig.field_names()}
+        fields.update(overrides or {})
+        config = EngineConfig.from_config(fields)
     if config.box_filter == "pt" and motion_fn is None:
         motion_fn = _tracker_motion_fn(config, variables)
     if motion_fn is None:  # shared with evaluate_source: one compilation per (model, config)
-        from vosjax.inference.evaluation import get_engine
-
         return get_engine(model, config), variables
     return Engine(model, config, motion_fn=motion_fn), variables
 
@@ -210,8 +217,9 @@ class VideoSegmenter:
     Args:
       source: a bundle folder, an ``(engine, variables)`` pair, or a
         ``(model, variables)`` pair (then ``config`` applies).
-      config: engine options for a ``(model, variables)`` source, or a dict of
-        overrides for a bundle.
+      config: engine options for a ``(model, variables)`` source; for a bundle,
+        a dict of overrides of its ``inference`` section or a whole
+        :class:`EngineConfig` (:func:`engine_from_bundle`).
       num_objects: object slots (default: ``max_objects``; a video with more
         objects than slots raises).
     """
@@ -225,8 +233,7 @@ class VideoSegmenter:
         motion_fn: MotionFn | None = None,
     ):
         if isinstance(source, (str, os.PathLike)):
-            overrides = config.to_dict() if isinstance(config, EngineConfig) else config
-            self.engine, self.variables = engine_from_bundle(source, overrides, motion_fn=motion_fn)
+            self.engine, self.variables = engine_from_bundle(source, config, motion_fn=motion_fn)
         elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], Engine):
             if config is not None:
                 raise VosjaxError("VideoSegmenter: 'config' is the engine's own; drop it.")
@@ -252,8 +259,7 @@ class VideoSegmenter:
         self._state = None
         self._size: tuple[int, int] | None = None
         self._table: ObjectTable | None = None
-        self._buffer: list[np.ndarray] = []
-        self._given: tuple[np.ndarray, np.ndarray] | None = None
+        self._clips: ClipBuffer | None = None  # frames of the current clip, given masks
         self._next_index = 0  # index of the first buffered frame
 
     @property
@@ -291,6 +297,7 @@ class VideoSegmenter:
         if self._size is None:
             self._size = f.shape[:2]
             self._table = ObjectTable(self._slots(), self._size)
+            self._clips = ClipBuffer(self.config.clip_length, self._size)
             if mask is None:
                 warnings.warn(
                     "VideoSegmenter.step: the first frame has no mask; nothing is tracked until "
@@ -304,33 +311,26 @@ class VideoSegmenter:
             )
         if mask is None and objects is not None:
             raise VosjaxError("VideoSegmenter.step: 'objects' needs a 'mask'.")
-        self._buffer.append(f)
-        if mask is not None:
-            self._given = self._table.given(mask, objects)
-            return self._run()
-        if len(self._buffer) == self.config.clip_length:
+        given = None if mask is None else self._table.given(mask, objects)
+        if self._clips.push(f, given):  # L frames, or a frame with a mask
             return self._run()
         return []
 
     def flush(self) -> list[Prediction]:
         """Segment the buffered frames of an incomplete clip (the end of a video)."""
-        return self._run() if self._buffer else []
+        return self._run() if self._clips is not None and len(self._clips) else []
 
     def _run(self) -> list[Prediction]:
-        engine, length = self.engine, self.config.clip_length
+        engine = self.engine
         if self._state is None:
             self._state = engine.init_state(self.variables, 1, self._size, self._slots())
-        n = len(self._buffer)
-        frames = np.zeros((1, length, *self._size, 3), np.uint8)
-        frames[0, :n] = np.stack(self._buffer)
-        frames[0, n:] = self._buffer[-1]
-        valid = np.zeros((1, length), bool)
-        valid[0, :n] = True
+        clip = self._clips.take()
+        n = clip.num_frames
         new_masks, new_objects = None, None
-        if self._given is not None:
-            new_masks, new_objects = self._given[0][None], self._given[1][None]
+        if clip.given is not None:
+            new_masks, new_objects = clip.given[0][None], clip.given[1][None]
         self._state, out = engine.step(
-            self.variables, self._state, frames, new_masks, new_objects, valid
+            self.variables, self._state, clip.frames[None], new_masks, new_objects, clip.valid[None]
         )
         labels = self._table.to_ids(np.asarray(out.labels)[0, :n])
         probs = None if out.probs is None else np.asarray(out.probs)[0, :, :n]
@@ -345,5 +345,4 @@ class VideoSegmenter:
             for i in range(n)
         ]
         self._next_index += n
-        self._buffer, self._given = [], None
         return preds

@@ -51,6 +51,7 @@ from jaxtyping import Array, Bool, Float
 
 from vosjax.memory_policy import MemoryPolicy, policy_of
 
+
 def _config_field(config: Any, name: str) -> Any:
     try:
         return config[name]
