@@ -118,7 +118,6 @@ def default_config(variant: str = "stcn", tiny: bool = False) -> ml_collections.
     c.decoder_dims = (512, 256, 256)
     c.cbam_reduction = 16
     c.memory_frames = 16
-    c.top_k = 20
     c.train_bn = False
     c.dtype = "float32"
     c.input_size = (480, 854)
