@@ -95,7 +95,7 @@ def check_fields(section: Any, allowed: Iterable[str], where: str) -> None:
 
 
 def _as_tuples(x: Any) -> Any:
-    """Lists (and tuples) as tuples, recursively: ``[[0.0, 5], [1.0, 25]]`` -> ``((0.0, 5), (1.0, 25))``."""
+    """Lists (and tuples) as tuples, recursively: ``[[0.0, 5]]`` -> ``((0.0, 5),)``."""
     if isinstance(x, (list, tuple)):
         return tuple(_as_tuples(v) for v in x)
     return x

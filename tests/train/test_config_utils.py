@@ -161,13 +161,12 @@ def test_read_section_sources_nesting_and_tuples():
 
 
 def test_read_section_names_unknown_fields():
-    with pytest.raises(
-        VosjaxError, match=r"^EngineConfig.from_config: unknown field 'stpes'\. Did you mean 'steps'\?"
-    ):
+    want = r"^EngineConfig.from_config: unknown field 'stpes'\. Did you mean 'steps'\?"
+    with pytest.raises(VosjaxError, match=want):
         read_section(_Outer, {"stpes": 1}, "EngineConfig.from_config")
     with pytest.raises(VosjaxError, match=r"^f: unknown field 'zzz'\. Valid fields: steps, "):
         read_section(_Outer, {}, "f", zzz=1)  # overrides are checked too
-    with pytest.raises(VosjaxError, match=r"f: unknown field 'inner.rat'.*'rate'.*fields of 'inner'"):
+    with pytest.raises(VosjaxError, match=r"unknown field 'inner.rat'.*'rate'.*fields of 'inner'"):
         read_section(_Outer, {"inner": {"rat": 1.0}}, "f")
     with pytest.raises(VosjaxError, match=r"f: 'config' must be an ml_collections.ConfigDict or a"):
         read_section(_Outer, [("steps", 1)], "f")

@@ -21,8 +21,8 @@ from jaxtyping import Array, Bool, Float
 
 from vosjax.errors import VosjaxError
 from vosjax.models import backbones, checks
-from vosjax.models.frtm_common import size_marker
 from vosjax.models.base import Feats, Variables, VOSModel
+from vosjax.models.frtm_common import size_marker
 
 __all__ = ["BackboneSegnetModel", "config_reader"]
 

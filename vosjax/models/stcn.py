@@ -532,7 +532,7 @@ class STCN(VOSModel):
         return memory
 
     def _check_memory(self, fn: str, memory: Any, obj_valid: Any, feats: Any) -> None:
-        """``feats`` (all of :attr:`feat_keys`) and a ``memory`` that fits them and ``obj_valid``."""
+        """``feats`` (all of :attr:`feat_keys`) and a ``memory`` that fits them and obj_valid."""
         checks.check_feats(fn, feats, self.feat_keys)
         self._check_bank(fn, memory, obj_valid, feats)
 
