@@ -20,16 +20,26 @@ A path that names no field raises :class:`~vosjax.errors.VosjaxError` that
 names the field and the closest valid ones (``difflib`` ratio), the same
 check :func:`check_fields` applies to the sections the trainer reads, so a
 typo in a config file or on the command line fails before anything runs.
+
+:func:`read_section` is the one reader of a config section into the frozen
+options dataclass of whoever consumes it (the data pipeline, an objective,
+the inference engine): keys map one to one onto the dataclass's fields, an
+unknown key raises naming it and the closest fields, nested dataclass fields
+take a section of their own, lists become tuples (hashable, so the result
+can key a compiled function), and the dataclass's ``__post_init__`` checks
+the values.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import inspect
 import pathlib
 import sys
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,6 +54,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "pick_variant",
+    "read_section",
     "to_plain",
 ]
 
@@ -57,10 +68,14 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     return hits
 
 
+def _did_you_mean(name: str, valid: Iterable[str]) -> str:
+    hint = closest(name, valid)
+    return f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+
+
 def _unknown(where: str, name: str, valid: Iterable[str]) -> VosjaxError:
     valid = sorted(set(valid))
-    hint = closest(name, valid)
-    did = f" Did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+    did = _did_you_mean(name, valid)
     return VosjaxError(
         f"config: unknown field '{where}.{name}'.{did} Valid fields of '{where}': "
         f"{', '.join(valid) if valid else '(none)'}."
@@ -77,6 +92,96 @@ def check_fields(section: Any, allowed: Iterable[str], where: str) -> None:
     for key in keys:
         if key not in allowed:
             raise _unknown(where, key, allowed)
+
+
+def _as_tuples(x: Any) -> Any:
+    """Lists (and tuples) as tuples, recursively: ``[[0.0, 5]]`` -> ``((0.0, 5),)``."""
+    if isinstance(x, (list, tuple)):
+        return tuple(_as_tuples(v) for v in x)
+    return x
+
+
+def _section_values(section: Any, where: str, path: str) -> dict[str, Any]:
+    """The key -> value dict of a ConfigDict / mapping / dataclass instance / None."""
+    if section is None:
+        return {}
+    if isinstance(section, ml_collections.ConfigDict) or (
+        hasattr(section, "to_dict") and not isinstance(section, Mapping)
+    ):
+        return dict(section.to_dict())
+    if isinstance(section, Mapping):
+        return dict(section)
+    if dataclasses.is_dataclass(section) and not isinstance(section, type):
+        return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    what = f"field '{path}'" if path else "'config'"
+    raise VosjaxError(
+        f"{where}: {what} must be an ml_collections.ConfigDict or a mapping of field names to "
+        f"values, got {type(section).__name__}."
+    )
+
+
+def _nested_type(cls: type, field: dataclasses.Field) -> type | None:
+    """The dataclass type of a field that holds a section of its own, else None."""
+    if dataclasses.is_dataclass(field.default):
+        return type(field.default)
+    hint = field.type
+    if isinstance(hint, str):
+        try:
+            hint = typing.get_type_hints(cls).get(field.name)
+        except Exception:  # noqa: BLE001  (an annotation that does not resolve: not a section)
+            return None
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def _read(cls: type, section: Any, where: str, path: str, overrides: Mapping[str, Any]) -> Any:
+    if isinstance(section, cls) and not overrides:
+        return section
+    values = _section_values(section, where, path)
+    values.update(overrides)
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    for key in values:
+        if key not in names:
+            dotted = f"{path}.{key}" if path else str(key)
+            of = f" of '{path}'" if path else ""
+            raise VosjaxError(
+                f"{where}: unknown field '{dotted}'.{_did_you_mean(str(key), names)} Valid "
+                f"fields{of}: {', '.join(names)}."
+            )
+    for f in fields:
+        if f.name not in values:
+            continue
+        sub = _nested_type(cls, f)
+        value = values[f.name]
+        if sub is not None and not isinstance(value, sub):
+            dotted = f"{path}.{f.name}" if path else f.name
+            values[f.name] = _read(sub, value, where, dotted, {})
+        else:
+            values[f.name] = _as_tuples(value)
+    return cls(**values)
+
+
+def read_section(cls: type, section: Any, where: str, /, **overrides: Any) -> Any:
+    """The frozen dataclass ``cls`` built from a config section, plus ``overrides``.
+
+    Args:
+      cls: a dataclass whose fields are the section's keys (1:1); missing keys
+        take the field defaults.
+      section: an ``ml_collections.ConfigDict``, a mapping, an instance of a
+        dataclass (its fields are read; an instance of ``cls`` itself is
+        returned as is when there are no overrides) or None (all defaults).
+      where: who reads it, the first words of every message, e.g.
+        ``"EngineConfig.from_config"`` or ``"objective"``.
+      overrides: field values that replace the section's (checked the same way).
+
+    A key that is not a field of ``cls`` raises :class:`VosjaxError`
+    ``"<where>: unknown field '<key>'. Did you mean ...? Valid fields: ..."``
+    (the closest names by :func:`closest`). A field whose default (or
+    annotation) is a dataclass reads its value as a section of its own (keys
+    named ``'<field>.<key>'`` in errors) unless it is already an instance.
+    Lists become tuples, recursively. Values are checked by ``cls`` itself.
+    """
+    return _read(cls, section, where, "", overrides)
 
 
 def pick_variant(arg: str | None, variants: Sequence[str], config_file: str) -> str:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import ml_collections
 import pytest
 
-from vosjax.config_utils import apply_overrides, check_fields, closest, load_config, parse_override
+from vosjax.config_utils import (
+    apply_overrides,
+    check_fields,
+    closest,
+    load_config,
+    parse_override,
+    read_section,
+)
 from vosjax.errors import VosjaxError
 from vosjax.training.schema import stage_list, validate_config, with_defaults
 
@@ -116,6 +124,54 @@ def test_closest_and_check_fields():
     check_fields({"a": 1}, ["a", "b"], "x")
     with pytest.raises(VosjaxError, match=r"unknown field 'x.bb'.*Did you mean 'b'"):
         check_fields({"bb": 1}, ["a", "b"], "x")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    size: tuple[int, int] = (1, 2)
+    rate: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    steps: int = 3
+    schedule: tuple | None = None
+    inner: _Inner = _Inner()
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise VosjaxError("_Outer: 'steps' must be >= 1")
+
+
+def test_read_section_sources_nesting_and_tuples():
+    assert read_section(_Outer, None, "f") == _Outer()
+    assert read_section(_Outer, {}, "f", steps=5) == _Outer(steps=5)
+    cd = ml_collections.ConfigDict(
+        {"steps": 2, "schedule": [[0.0, 5], [0.5, 25]], "inner": {"size": [4, 8]}}
+    )
+    got = read_section(_Outer, cd, "f", steps=7)
+    assert got == _Outer(7, ((0.0, 5), (0.5, 25)), _Inner((4, 8), 0.5))
+    assert isinstance(got.inner.size, tuple) and hash(got)  # lists became tuples: hashable
+    # a dataclass instance: returned as is, or its fields read (and overridden)
+    assert read_section(_Outer, got, "f") is got
+    assert read_section(_Outer, got, "f", steps=1) == dataclasses.replace(got, steps=1)
+    assert read_section(_Outer, {"inner": _Inner(rate=2.0)}, "f").inner.rate == 2.0
+    with pytest.raises(VosjaxError, match="'steps' must be >= 1"):  # values: the class checks
+        read_section(_Outer, {"steps": 0}, "f")
+
+
+def test_read_section_names_unknown_fields():
+    want = r"^EngineConfig.from_config: unknown field 'stpes'\. Did you mean 'steps'\?"
+    with pytest.raises(VosjaxError, match=want):
+        read_section(_Outer, {"stpes": 1}, "EngineConfig.from_config")
+    with pytest.raises(VosjaxError, match=r"^f: unknown field 'zzz'\. Valid fields: steps, "):
+        read_section(_Outer, {}, "f", zzz=1)  # overrides are checked too
+    with pytest.raises(VosjaxError, match=r"unknown field 'inner.rat'.*'rate'.*fields of 'inner'"):
+        read_section(_Outer, {"inner": {"rat": 1.0}}, "f")
+    with pytest.raises(VosjaxError, match=r"f: 'config' must be an ml_collections.ConfigDict or a"):
+        read_section(_Outer, [("steps", 1)], "f")
+    with pytest.raises(VosjaxError, match=r"f: field 'inner' must be .*ConfigDict or a mapping"):
+        read_section(_Outer, {"inner": 3}, "f")
 
 
 def test_validate_catches_typos_in_files(config_file):

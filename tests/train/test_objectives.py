@@ -336,5 +336,5 @@ def test_frtm_objective_reference_only(toy_model, batch_factory):
 def test_objectives_reject_unknown_names_and_options():
     with pytest.raises(VosjaxError, match=r"'stcnn'.*Did you mean 'stcn'"):
         make_objective(ml_collections.ConfigDict({"name": "stcnn"}))
-    with pytest.raises(VosjaxError, match=r"objective.topp.*'top_p'"):
+    with pytest.raises(VosjaxError, match=r"objective: unknown field 'topp'.*'top_p'"):
         make_objective(ml_collections.ConfigDict({"name": "stcn", "topp": 0.2}))

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vosjax.config_utils import read_section
 from vosjax.data.augment import AugmentConfig, apply_clip_transform, sample_clip_transform
 from vosjax.data.samplers import (
     SamplerOptions,
@@ -132,44 +133,15 @@ class TrainDataConfig:
 
     @classmethod
     def from_config(cls, config_like: Any) -> "TrainDataConfig":
-        """Build from a mapping, ``ml_collections.ConfigDict``, dataclass, or None (defaults)."""
-        if config_like is None:
-            return cls()
-        if isinstance(config_like, cls):
-            return config_like
-        if dataclasses.is_dataclass(config_like):
-            d = dataclasses.asdict(config_like)
-        elif hasattr(config_like, "to_dict"):
-            d = config_like.to_dict()
-        elif isinstance(config_like, Mapping):
-            d = dict(config_like)
-        else:
-            raise VosjaxError(
-                "make_train_pipeline: 'config_like' must be a mapping, ConfigDict or dataclass, "
-                f"got {type(config_like).__name__}."
-            )
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise VosjaxError(
-                f"make_train_pipeline: unknown config field(s) {unknown}; valid fields: "
-                f"{sorted(names)}."
-            )
-        for key, sub in (("augment", AugmentConfig), ("deform", DeformConfig)):
-            if key in d and not isinstance(d[key], sub):
-                v = d[key].to_dict() if hasattr(d[key], "to_dict") else dict(d[key])
-                sub_names = {f.name for f in dataclasses.fields(sub)}
-                if set(v) - sub_names:
-                    raise VosjaxError(
-                        f"make_train_pipeline: unknown '{key}' field(s) "
-                        f"{sorted(set(v) - sub_names)}; valid: {sorted(sub_names)}."
-                    )
-                d[key] = sub(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
-        if d.get("crop_size") is not None:
-            d["crop_size"] = tuple(int(x) for x in d["crop_size"])
-        if d.get("gap_schedule") is not None:
-            d["gap_schedule"] = tuple(tuple(x) for x in d["gap_schedule"])
-        return cls(**d)
+        """Build from a mapping, ``ml_collections.ConfigDict``, dataclass, or None (defaults).
+
+        :func:`vosjax.config_utils.read_section` (``augment`` / ``deform`` are
+        sections of their own); ``crop_size`` entries become ints.
+        """
+        cfg = read_section(cls, config_like, "make_train_pipeline")
+        if any(type(x) is not int for x in cfg.crop_size):
+            cfg = dataclasses.replace(cfg, crop_size=tuple(int(x) for x in cfg.crop_size))
+        return cfg
 
 
 def _pick_static_pair(source: Any, video_index: int, rng: np.random.Generator):

@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 from jax import lax
 from jaxtyping import Array, Float, PyTree
 
@@ -48,7 +49,7 @@ __all__ = ["gauss_newton_cg", "steepest_descent", "sum_of_squares"]
 ResidualFn = Callable[[PyTree], PyTree]
 
 
-# -- small pytree algebra (lists of leaves) ---------------------------------------------------
+# -- small pytree algebra (lists of leaves; optax.tree_utils where it has the operation) --------
 
 
 def _acc_dtype(dtype: Any) -> Any:
@@ -56,27 +57,19 @@ def _acc_dtype(dtype: Any) -> Any:
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
 
 
-def _dot(a: list[Array], b: list[Array]) -> Array:
-    """sum_leaves <a, b>, accumulated in float32 (or float64)."""
-    total = None
-    for u, v in zip(a, b):
-        acc = _acc_dtype(jnp.result_type(u, v))
-        term = jnp.vdot(u.astype(acc), v.astype(acc))
-        total = term if total is None else total + term.astype(jnp.result_type(total, term))
-    return total if total is not None else jnp.zeros((), jnp.float32)
-
-
-def _axpy(alpha: Array, x: list[Array], y: list[Array]) -> list[Array]:
-    """alpha * x + y, leafwise."""
-    return [(alpha * u).astype(v.dtype) + v for u, v in zip(x, y)]
-
-
 def _to_acc(x: list[Array]) -> list[Array]:
+    """Each leaf in its accumulation dtype (per leaf, so one float64 leaf keeps the rest f32)."""
     return [u.astype(_acc_dtype(u.dtype)) for u in x]
 
 
-def _cast_like(x: list[Array], like: list[Array]) -> list[Array]:
-    return [u.astype(v.dtype) for u, v in zip(x, like)]
+def _dot(a: list[Array], b: list[Array]) -> Array:
+    """sum_leaves <a, b>, accumulated in float32 (or float64)."""
+    return otu.tree_vdot(_to_acc(a), _to_acc(b))
+
+
+def _axpy(alpha: Array, x: list[Array], y: list[Array]) -> list[Array]:
+    """alpha * x + y, leafwise, in the dtypes of ``y`` (a loop carry keeps its dtypes)."""
+    return otu.tree_cast_like(otu.tree_add_scale(y, alpha, x), y)
 
 
 def _safe_div(num: Array, den: Array) -> Array:
@@ -187,7 +180,7 @@ class _Problem:
     def f(self, x: list[Array]) -> list[Array]:
         res = jax.tree_util.tree_leaves(self.residual_fn(self.merge(x)))
         if self.weights is not None:
-            res = [(r * w).astype(r.dtype) for r, w in zip(res, self.weights)]
+            res = otu.tree_cast_like(otu.tree_mul(res, self.weights), res)
         return res
 
     def loss(self, x: list[Array]) -> Array:
@@ -200,10 +193,10 @@ class _Problem:
         vjp = jax.linear_transpose(jvp, x)
 
         def jmv(p: list[Array]) -> list[Array]:
-            return _to_acc(jvp(_cast_like(p, x)))
+            return _to_acc(jvp(otu.tree_cast_like(p, x)))
 
         def jtmv(u: list[Array]) -> list[Array]:
-            return _to_acc(vjp(_cast_like(u, r))[0])
+            return _to_acc(vjp(otu.tree_cast_like(u, r))[0])
 
         return r, jmv, jtmv
 
@@ -276,10 +269,8 @@ def steepest_descent(
         g = jtmv(r)
         jg = jmv(g)
         alpha = _safe_div(_dot(g, g), _dot(jg, jg))
-        x = [
-            (xi.astype(gi.dtype) - alpha.astype(gi.dtype) * gi).astype(xi.dtype)
-            for xi, gi in zip(x, g)
-        ]
+        x_acc = otu.tree_cast_like(x, g)
+        x = otu.tree_cast_like(otu.tree_sub(x_acc, otu.tree_scale(alpha, g)), x)
         return x, 0.5 * _dot(r, r)
 
     x, losses = lax.scan(step, problem.x0, None, length=n)
@@ -318,11 +309,10 @@ def _conjugate_gradient(
         rr_new = _dot(r_new, r_new)
         beta = _safe_div(rr_new, rr)
         p_new = _axpy(beta, p, r_new)
-        new = (d_new, r_new, p_new, rr_new)
-        state = jax.tree_util.tree_map(lambda a, o: jnp.where(active, a, o), new, state)
+        state = otu.tree_where(active, (d_new, r_new, p_new, rr_new), state)
         return state, None
 
-    zeros = [jnp.zeros_like(u) for u in b]
+    zeros = otu.tree_zeros_like(b)
     (d, _, _, _), _ = lax.scan(body, (zeros, b, b, rr0), None, length=num_cg)
     return d
 
@@ -393,9 +383,9 @@ def gauss_newton_cg(
     def make_step(cg_iters: int):
         def step(x, _):
             r, jmv, jtmv = problem.linearize(x)
-            b = [-u for u in jtmv(r)]
+            b = otu.tree_scale(-1.0, jtmv(r))
             dw = _conjugate_gradient(jmv, jtmv, b, cg_iters)
-            x = [(xi.astype(di.dtype) + di).astype(xi.dtype) for xi, di in zip(x, dw)]
+            x = otu.tree_cast_like(otu.tree_add(otu.tree_cast_like(x, dw), dw), x)
             return x, 0.5 * _dot(r, r)
 
         return step

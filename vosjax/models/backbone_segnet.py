@@ -20,9 +20,9 @@ import jax
 from jaxtyping import Array, Bool, Float
 
 from vosjax.errors import VosjaxError
-from vosjax.models import backbones
-from vosjax.models import frtm_common as chk
+from vosjax.models import backbones, checks
 from vosjax.models.base import Feats, Variables, VOSModel
+from vosjax.models.frtm_common import size_marker
 
 __all__ = ["BackboneSegnetModel", "config_reader"]
 
@@ -72,9 +72,9 @@ class BackboneSegnetModel(VOSModel):
         self, fn: str, frames: Any, masks: Any, obj_valid: Any
     ) -> tuple[int, int, int, int]:
         """Shapes of ``frames [B, T, H, W, 3]``, ``masks [B, O, T, H, W]``, ``obj_valid [B, O]``."""
-        b, t, h, w = chk.check_frames(fn, frames)
-        chk.check_masks(fn, masks, (b, t, h, w))
-        chk.check_obj_valid(fn, obj_valid, b, masks.shape[1])
+        b, t, h, w = checks.check_frames(fn, frames)
+        o = checks.check_masks(fn, masks, (b, t, h, w))
+        checks.check_obj_valid(fn, obj_valid, b, o)
         return b, t, h, w
 
     def update_batch_stats(
@@ -89,7 +89,7 @@ class BackboneSegnetModel(VOSModel):
         (r <- 0.9 r + 0.1 stat). Otherwise ``variables`` unchanged."""
         if not self.bn_trains:
             return variables
-        b, t, h, w = chk.check_frames(f"{self.name.upper()}.update_batch_stats", frames)
+        b, t, h, w = checks.check_frames(f"{self.name.upper()}.update_batch_stats", frames)
         _, upd = self.net.apply(
             variables, frames.reshape(b * t, h, w, 3), True, method=self.bn_method,
             mutable=["batch_stats"],
@@ -108,9 +108,9 @@ class BackboneSegnetModel(VOSModel):
         self, variables: Variables, frames: Float[Array, "B T H W 3"], *, train: bool = False
     ) -> Feats:
         """``net.encode`` of every frame, reshaped to ``[B, T, ...]``, plus ``frame_hw``."""
-        b, t, h, w = chk.check_frames(f"{self.name.upper()}.encode_key", frames)
+        b, t, h, w = checks.check_frames(f"{self.name.upper()}.encode_key", frames)
         out = self._apply(variables, frames.reshape(b * t, h, w, 3), method=type(self.net).encode,
                           train=train)
         feats: dict[str, jax.Array] = {k: v.reshape((b, t) + v.shape[1:]) for k, v in out.items()}
-        feats[chk.SIZE_KEY] = chk.size_marker(b, t, h, w)
+        feats[checks.SIZE_KEY] = size_marker(b, t, h, w)
         return feats

@@ -32,7 +32,7 @@ configuration and a Flax linen module, exposing
     are per-object (sigmoid) logits BEFORE soft aggregation; the caller merges
     objects with :func:`vosjax.ops.aggregate.soft_aggregate`.
 
-Shapes follow DESIGN.md: frames ``f32[B, T, H, W, 3]`` ImageNet-normalised,
+Shapes follow docs/DEVELOPING.md (Code): frames ``f32[B, T, H, W, 3]`` ImageNet-normalised,
 masks / probabilities ``f32[B, O, T, H, W]``, ``obj_valid bool[B, O]`` marks
 object slots in use (slot i holds object id i + 1 unless the caller keeps its
 own id table). Everything is functional: no method mutates its inputs, and all
@@ -140,7 +140,7 @@ class VOSModel(abc.ABC):
     ) -> Variables:
         """Initialise all variables from example inputs (T >= 2: memory + query)."""
 
-    # -- the three functions of DESIGN.md ---------------------------------------------------
+    # -- encode the key, encode the value, segment -----------------------------------------
     @abc.abstractmethod
     def encode_key(self, variables: Variables, frames: Float[Array, "B T H W 3"], *, train: bool = False) -> Feats:
         """Query features of each frame (shared by all objects)."""

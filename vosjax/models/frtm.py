@@ -53,7 +53,7 @@ from jaxtyping import Array, Bool, Float
 
 from vosjax.errors import VosjaxError
 from vosjax.learners import frtm as tm
-from vosjax.models import backbones
+from vosjax.models import backbones, checks
 from vosjax.models import frtm_common as chk
 from vosjax.models.backbone_segnet import BackboneSegnetModel, config_reader
 from vosjax.models.base import Feats, SegmentOptions, Variables
@@ -144,7 +144,7 @@ class _Settings:
 def _settings(config: Any) -> _Settings:
     fn = "FRTM"
     get = config_reader(fn, config, default_config("full"))
-    num_gn = chk.check_positive_int(fn, "num_gn_init", get("num_gn_init"))
+    num_gn = checks.check_positive_int(fn, "num_gn_init", get("num_gn_init"))
     cg = get("num_cg_init")
     cg = tuple(int(v) for v in (cg if isinstance(cg, (tuple, list)) else (cg,) * num_gn))
     if len(cg) != num_gn:
@@ -152,7 +152,7 @@ def _settings(config: Any) -> _Settings:
             f"{fn}: config 'num_cg_init' lists {len(cg)} CG counts but num_gn_init={num_gn}; "
             "give one per GN step."
         )
-    kernel = chk.check_positive_int(fn, "kernel", get("kernel"))
+    kernel = checks.check_positive_int(fn, "kernel", get("kernel"))
     if kernel % 2 == 0:
         raise VosjaxError(f"{fn}: config 'kernel' must be odd, got {kernel}.")
     if bool(get("augment")) and get("memory_frames") < 5:
@@ -168,17 +168,17 @@ def _settings(config: Any) -> _Settings:
         dtype=chk.parse_dtype(fn, get("dtype")),
         train_bn=bool(get("train_bn")),
         freeze_backbone=bool(get("freeze_backbone")),
-        channels=chk.check_positive_int(fn, "channels", get("channels")),
-        hidden=chk.check_positive_int(fn, "hidden", get("hidden")),
+        channels=checks.check_positive_int(fn, "channels", get("channels")),
+        hidden=checks.check_positive_int(fn, "hidden", get("hidden")),
         kernel=kernel,
         num_gn_init=num_gn,
         num_cg_init=cg,
-        num_cg_update=chk.check_positive_int(fn, "num_cg_update", get("num_cg_update")),
-        memory_frames=chk.check_positive_int(fn, "memory_frames", get("memory_frames")),
+        num_cg_update=checks.check_positive_int(fn, "num_cg_update", get("num_cg_update")),
+        memory_frames=checks.check_positive_int(fn, "memory_frames", get("memory_frames")),
         eta=eta,
         kappa_min=float(get("kappa_min")),
         reg=(float(get("reg_w1")), float(get("reg_w2"))),
-        label_upsample=chk.check_positive_int(fn, "label_upsample", get("label_upsample")),
+        label_upsample=checks.check_positive_int(fn, "label_upsample", get("label_upsample")),
         augment=bool(get("augment")),
         seed=int(get("seed")),
     )
@@ -307,9 +307,9 @@ class FRTM(BackboneSegnetModel):
         """The training samples a frame contributes: ``{"features": x^16 [B, T, h, w, C],
         "labels": [B, O, T, h', w']}`` (masks on the label grid of eq. 2)."""
         fn = "FRTM.encode_value"
-        shape = chk.check_frames(fn, frames)
-        chk.check_masks(fn, masks, shape)
-        chk.check_feats(fn, feats, ["key"])
+        shape = checks.check_frames(fn, frames)
+        checks.check_masks(fn, masks, shape)
+        checks.check_feats(fn, feats, ["key"])
         hh, ww = feats["key"].shape[2:4]
         u = self.settings.label_upsample
         return {"features": feats["key"], "labels": self._labels(masks, (u * hh, u * ww))}
@@ -320,9 +320,9 @@ class FRTM(BackboneSegnetModel):
     ) -> FRTMMemory:
         """Empty memory: zero target models, empty sample memories of ``memory_frames`` slots."""
         fn = "FRTM.init_memory"
-        batch = chk.check_positive_int(fn, "batch", batch)
-        num_objects = chk.check_positive_int(fn, "num_objects", num_objects)
-        h, w = chk.check_feat_shape(fn, feat_shape)
+        batch = checks.check_positive_int(fn, "batch", batch)
+        num_objects = checks.check_positive_int(fn, "num_objects", num_objects)
+        h, w = checks.check_feat_shape(fn, feat_shape)
         s = self.settings
         c, k = self.feature_channels, s.hidden
         u = s.label_upsample
@@ -446,14 +446,14 @@ class FRTM(BackboneSegnetModel):
             raise VosjaxError(
                 f"{fn}: 'memory' must come from FRTM.init_memory, got {type(memory).__name__}."
             )
-        shape = chk.check_frames(fn, frames)
-        o = chk.check_masks(fn, masks, shape)
+        shape = checks.check_frames(fn, frames)
+        o = checks.check_masks(fn, masks, shape)
         b, t = shape[:2]
-        chk.check_obj_valid(fn, obj_valid, b, o)
-        chk.check_feats(fn, feats, ["key"])
-        chk.check_row_flags(fn, "write", write, b)
+        checks.check_obj_valid(fn, obj_valid, b, o)
+        checks.check_feats(fn, feats, ["key"])
+        checks.check_row_flags(fn, "write", write, b)
         refit = write if refit is None else refit
-        chk.check_row_flags(fn, "refit", refit, b)
+        checks.check_row_flags(fn, "refit", refit, b)
         if memory.initialized.shape != (b, o):
             raise VosjaxError(
                 f"{fn}: memory holds {memory.initialized.shape} (videos, objects) but the masks have "
@@ -475,7 +475,10 @@ class FRTM(BackboneSegnetModel):
     # -- segmentation ----------------------------------------------------------------------
     def target_scores(self, memory: FRTMMemory, feats: Feats) -> Float[Array, "B O T h w"]:
         """Coarse target scores ``s = D(x^16; w)`` (eq. 1) of every object on the feature grid."""
-        chk.check_feats("FRTM.target_scores", feats, ["key"])
+        checks.check_feats("FRTM.target_scores", feats, ["key"])
+        return self._target_scores(memory, feats)
+
+    def _target_scores(self, memory: FRTMMemory, feats: Feats) -> Float[Array, "B O T h w"]:
         x = feats["key"].astype(jnp.float32)
         return _bo(tm.apply, (0, None), (0, 0))(memory.target, x)
 
@@ -492,14 +495,14 @@ class FRTM(BackboneSegnetModel):
         Slots with ``obj_valid`` False get :data:`~vosjax.ops.aggregate.INVALID_LOGIT`.
         """
         fn = "FRTM.segment"
-        b, t, h, w = chk.check_feats(fn, feats, ["key", *(_PROJ[d] for d in DEPTHS)])
-        o = chk.check_obj_valid(fn, obj_valid, b)
+        b, t, h, w = checks.check_feats(fn, feats, ["key", *(_PROJ[d] for d in DEPTHS)])
+        o = checks.check_obj_valid(fn, obj_valid, b)
         if memory.initialized.shape != (b, o):
             raise VosjaxError(
                 f"{fn}: memory holds {memory.initialized.shape} (videos, objects) but obj_valid is "
                 f"{(b, o)}; build it with init_memory(batch={b}, num_objects={o})."
             )
-        scores = self.target_scores(memory, feats)  # [B, O, T, h, w]
+        scores = self._target_scores(memory, feats)  # [B, O, T, h, w]
 
         def per_object(a: Array) -> Array:
             a = jnp.broadcast_to(a[:, None], (b, o) + a.shape[1:])

@@ -1,10 +1,8 @@
-"""Argument checks and small helpers of the :class:`~vosjax.models.base.VOSModel`
-interface shared by the learner-based methods (FRTM, JOINT).
+"""Small helpers of the :class:`~vosjax.models.base.VOSModel` interface shared by the
+learner-based methods (FRTM, JOINT); their argument checks are :mod:`vosjax.models.checks`.
 
-All checks look at shapes and dtypes only, so they run at trace time and cost
-nothing under ``jit``; each raises :class:`~vosjax.errors.VosjaxError` naming the
-method and argument. The input resolution travels in the query features as a
-zero-channel array ``feats["frame_hw"]: f32[B, T, H, W, 0]`` (no data, only
+The input resolution travels in the query features as a zero-channel array
+``feats["frame_hw"]: f32[B, T, H, W, 0]`` (:func:`size_marker`; no data, only
 a shape; the memory networks use the same key), so ``segment`` can return
 logits at full resolution for any H x W, including sizes that are not
 multiples of the stride (480 x 854).
@@ -46,10 +44,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vosjax import _validate
 from vosjax.errors import VosjaxError
 
-SIZE_KEY = "frame_hw"
+# The checks live in vosjax.models.checks; JOINT.init_memory / JOINT.memorize still call
+# them as frtm_common.<name>, so they are re-exported here until those methods import checks.
+from vosjax.models.checks import (  # noqa: F401
+    SIZE_KEY,
+    check_feat_shape,
+    check_feats,
+    check_frames,
+    check_masks,
+    check_obj_valid,
+    check_positive_int,
+    check_row_flags,
+)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -62,83 +70,6 @@ def parse_dtype(fn: str, name: Any) -> Any:
             f"{fn}: config field 'dtype' is {name!r}; use one of {', '.join(_DTYPES)}."
         )
     return _DTYPES[key]
-
-
-def check_frames(fn: str, frames: Any) -> tuple[int, int, int, int]:
-    """``frames`` is floating ``[B, T, H, W, 3]``; returns (B, T, H, W)."""
-    _validate.check_rank(fn, "frames", frames, 5, "[B, T, H, W, 3]")
-    _validate.check_floating(fn, "frames", frames)
-    if frames.shape[-1] != 3:
-        raise VosjaxError(
-            f"{fn}: argument 'frames' must have 3 (RGB) channels last, got shape {tuple(frames.shape)}."
-        )
-    b, t, h, w, _ = frames.shape
-    return int(b), int(t), int(h), int(w)
-
-
-def check_masks(fn: str, masks: Any, frames_shape: tuple[int, int, int, int]) -> int:
-    """``masks`` is floating ``[B, O, T, H, W]`` matching the frames; returns O."""
-    _validate.check_rank(fn, "masks", masks, 5, "[B, O, T, H, W]")
-    _validate.check_floating(fn, "masks", masks)
-    b, t, h, w = frames_shape
-    if (masks.shape[0], *masks.shape[2:]) != (b, t, h, w):
-        raise VosjaxError(
-            f"{fn}: argument 'masks' {tuple(masks.shape)} must be [B, O, T, H, W] with B, T, H, W "
-            f"= {(b, t, h, w)} of the frames."
-        )
-    return int(masks.shape[1])
-
-
-def check_obj_valid(fn: str, obj_valid: Any, batch: int, num_objects: int | None = None) -> int:
-    """``obj_valid`` is ``bool[B, O]``; returns O."""
-    _validate.check_rank(fn, "obj_valid", obj_valid, 2, "[B, O]")
-    if jnp.dtype(obj_valid.dtype) != jnp.dtype(bool):
-        raise VosjaxError(
-            f"{fn}: argument 'obj_valid' must be boolean [B, O], got dtype {obj_valid.dtype}; "
-            "pass e.g. obj_valid.astype(bool)."
-        )
-    if obj_valid.shape[0] != batch or (
-        num_objects is not None and obj_valid.shape[1] != num_objects
-    ):
-        want = (batch, num_objects if num_objects is not None else "O")
-        raise VosjaxError(
-            f"{fn}: argument 'obj_valid' must have shape {want}, got {tuple(obj_valid.shape)}."
-        )
-    return int(obj_valid.shape[1])
-
-
-def check_row_flags(fn: str, name: str, flags: Any, batch: int) -> None:
-    """``flags`` is ``bool[B]`` (the engine's per-video write / refit policy)."""
-    _validate.check_rank(fn, name, flags, 1, "[B]")
-    if flags.shape[0] != batch or jnp.dtype(flags.dtype) != jnp.dtype(bool):
-        raise VosjaxError(
-            f"{fn}: argument '{name}' must be bool[{batch}], got {flags.dtype}{list(flags.shape)}."
-        )
-
-
-def check_feats(fn: str, feats: Any, keys: Sequence[str]) -> tuple[int, int, int, int]:
-    """``feats`` is the dict of ``encode_key`` with ``keys``; returns (B, T, H, W) of the frames."""
-    if not isinstance(feats, Mapping):
-        raise VosjaxError(
-            f"{fn}: argument 'feats' must be the dict returned by encode_key, got {type(feats).__name__}."
-        )
-    missing = [k for k in (*keys, SIZE_KEY) if k not in feats]
-    if missing:
-        raise VosjaxError(
-            f"{fn}: argument 'feats' lacks {missing}; pass the dict returned by this model's "
-            "encode_key (features of another method do not fit)."
-        )
-    size = feats[SIZE_KEY]
-    _validate.check_rank(fn, f"feats['{SIZE_KEY}']", size, 5, "[B, T, H, W, 0]")
-    b, t, h, w, _ = size.shape
-    for k in keys:
-        _validate.check_rank(fn, f"feats['{k}']", feats[k], 5, "[B, T, h, w, C]")
-        if tuple(feats[k].shape[:2]) != (b, t):
-            raise VosjaxError(
-                f"{fn}: feats['{k}'] has leading dims {tuple(feats[k].shape[:2])}, expected "
-                f"(B, T) = {(b, t)}."
-            )
-    return int(b), int(t), int(h), int(w)
 
 
 def size_marker(b: int, t: int, h: int, w: int) -> Any:
@@ -155,25 +86,6 @@ def select_rows(mask: Any, new: Any, old: Any) -> Any:
         return jnp.where(m, n, o)
 
     return jax.tree_util.tree_map(pick, new, old)
-
-
-def check_feat_shape(fn: str, feat_shape: Any) -> tuple[int, int]:
-    """``feat_shape`` is (h, w) of the stride-16 features, two positive ints."""
-    try:
-        h, w = (int(v) for v in feat_shape)
-    except (TypeError, ValueError):
-        raise VosjaxError(
-            f"{fn}: argument 'feat_shape' must be (h, w) of the stride-16 features, got {feat_shape!r}."
-        ) from None
-    if h < 1 or w < 1:
-        raise VosjaxError(f"{fn}: argument 'feat_shape' must be positive, got {(h, w)}.")
-    return h, w
-
-
-def check_positive_int(fn: str, name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise VosjaxError(f"{fn}: '{name}' must be a positive int, got {value!r}.")
-    return int(value)
 
 
 #: The initialiser of every conv / dense kernel of FRTM's S and JOINT's own modules.

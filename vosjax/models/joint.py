@@ -50,7 +50,7 @@ from jaxtyping import Array, Bool, Float
 
 from vosjax.errors import VosjaxError
 from vosjax.learners import lwl
-from vosjax.models import backbones
+from vosjax.models import backbones, checks
 from vosjax.models import frtm_common as chk
 from vosjax.models.backbone_segnet import BackboneSegnetModel, config_reader
 from vosjax.models.base import Feats, SegmentOptions, Variables
@@ -130,7 +130,7 @@ class _Settings:
 def _settings(config: Any) -> _Settings:
     fn = "JOINT"
     get = config_reader(fn, config, default_config("full"))
-    pos = lambda k: chk.check_positive_int(fn, k, get(k))
+    pos = lambda k: checks.check_positive_int(fn, k, get(k))
     kernel = pos("learner_kernel")
     if kernel % 2 == 0:
         raise VosjaxError(f"{fn}: config 'learner_kernel' must be odd, got {kernel}.")
@@ -329,8 +329,8 @@ class JOINT(BackboneSegnetModel):
         """The two-head label encodings of each mask: ``{"e_tra", "e_ind", "weights"}``,
         each ``[B, O, T, h, w, D]`` (E_tra, E_ind >= 0; W in (0, 1))."""
         fn = "JOINT.encode_value"
-        shape = chk.check_frames(fn, frames)
-        chk.check_masks(fn, masks, shape)
+        shape = checks.check_frames(fn, frames)
+        checks.check_masks(fn, masks, shape)
         return self._labels(variables, masks)
 
     def _labels(self, variables, masks: Array) -> dict[str, Array]:
@@ -469,7 +469,11 @@ class JOINT(BackboneSegnetModel):
     ) -> tuple[Float[Array, "B O T h w D"], Float[Array, "B O T h w D"]]:
         """``(E_tra*, E_ind*)`` of the query frames: the two branches' outputs before eq. 7."""
         fn = "JOINT.mask_encodings"
-        b, t, _, _ = chk.check_feats(fn, feats, ["key", "key_ind"])
+        checks.check_feats(fn, feats, ["key", "key_ind"])
+        return self._mask_encodings(fn, variables, memory, feats)
+
+    def _mask_encodings(self, fn: str, variables, memory: JointMemory, feats: Feats):
+        b, t = feats["key"].shape[:2]
         s = self.settings
         c, d = s.feature_dim, s.enc_dim
         bank = memory.templates
@@ -513,9 +517,9 @@ class JOINT(BackboneSegnetModel):
             raise VosjaxError(
                 f"{fn}: 'memory' must come from JOINT.init_memory, got {type(memory).__name__}."
             )
-        b, t, h, w = chk.check_feats(fn, feats, ["key", "key_ind", *_PROJ.values()])
-        o = chk.check_obj_valid(fn, obj_valid, b, memory.filters.shape[1])
-        e_tra_star, e_ind_star = self.mask_encodings(variables, memory, feats)
+        b, t, h, w = checks.check_feats(fn, feats, ["key", "key_ind", *_PROJ.values()])
+        o = checks.check_obj_valid(fn, obj_valid, b, memory.filters.shape[1])
+        e_tra_star, e_ind_star = self._mask_encodings(fn, variables, memory, feats)
         enc = e_tra_star + e_ind_star  # [B, O, T, h, w, D]
 
         def per_object(a: Array) -> Array:

@@ -57,13 +57,14 @@ from vosjax.ops.window_attention import window_attention
 
 
 def default_config(tiny: bool = False) -> ml_collections.ConfigDict:
-    """PCVOS model config: the STCN baseline fields plus the ICR / clip fields.
+    """PCVOS model config: the STCN baseline fields plus the ICR fields.
 
     Extra fields: ``intra_key_dim`` (Ck' = 256), ``icr_layers`` (2),
     ``icr_width`` (256), ``icr_heads`` (1: eq. 3 is single-head),
-    ``icr_ffn_dim`` (1024), ``icr_window`` ((2, 7, 7)), ``clip_len`` (L = 5,
-    frames per clip for the engine) and ``segment_len`` (F = 5, progressive
-    matching; the engine passes it as ``SegmentOptions.segment_len``).
+    ``icr_ffn_dim`` (1024), ``icr_window`` ((2, 7, 7)). The clip length L and
+    the progressive-matching segment length F are inference options
+    (``inference.clip_length`` / ``inference.segment_len`` of a run config;
+    the engine passes F as ``SegmentOptions.segment_len``).
     ``tiny=True``: the tiny STCN fields and a width-16 ICR.
     """
     c = stcn_config("stcn", tiny)
@@ -74,8 +75,6 @@ def default_config(tiny: bool = False) -> ml_collections.ConfigDict:
     c.icr_heads = 1
     c.icr_ffn_dim = 1024
     c.icr_window = (2, 7, 7)
-    c.clip_len = 5
-    c.segment_len = 5
     if tiny:
         c.intra_key_dim = 16
         c.icr_width = 16

@@ -67,9 +67,8 @@ import jax.numpy as jnp
 import ml_collections
 from jaxtyping import Array, Bool, Float
 
-from vosjax import _validate
 from vosjax.errors import VosjaxError
-from vosjax.models import backbones
+from vosjax.models import backbones, checks
 from vosjax.models.base import Feats, SegmentOptions, Variables, VOSModel
 from vosjax.models.modules import Decoder, FeatureFusion, conv3x3, resize_bilinear
 from vosjax.ops import memory as mem_ops
@@ -119,7 +118,6 @@ def default_config(variant: str = "stcn", tiny: bool = False) -> ml_collections.
     c.decoder_dims = (512, 256, 256)
     c.cbam_reduction = 16
     c.memory_frames = 16
-    c.top_k = 20
     c.train_bn = False
     c.dtype = "float32"
     c.input_size = (480, 854)
@@ -352,54 +350,19 @@ class MemoryNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- input checks
+# The checks are vosjax.models.checks; STCN.memorize calls them under these names.
 
 
 def _check_frames(fn: str, frames: Any) -> None:
-    _validate.check_rank(fn, "frames", frames, 5, "[B, T, H, W, 3]")
-    _validate.check_floating(fn, "frames", frames)
-    if frames.shape[-1] != 3:
-        raise VosjaxError(
-            f"{fn}: argument 'frames' must have 3 (RGB) channels last, got shape "
-            f"{tuple(frames.shape)}; frames are [B, T, H, W, 3] ImageNet-normalised."
-        )
+    checks.check_frames(fn, frames)
 
 
 def _check_obj_valid(fn: str, obj_valid: Any, batch: int) -> None:
-    _validate.check_rank(fn, "obj_valid", obj_valid, 2, "[B, O]")
-    if obj_valid.dtype != jnp.bool_ or obj_valid.shape[0] != batch:
-        raise VosjaxError(
-            f"{fn}: argument 'obj_valid' must be bool[B={batch}, O], got "
-            f"{obj_valid.dtype}{list(obj_valid.shape)}; pass e.g. obj_valid.astype(bool)."
-        )
+    checks.check_obj_valid(fn, obj_valid, batch)
 
 
 def _check_masks(fn: str, masks: Any, frames: Any, obj_valid: Any) -> None:
-    _validate.check_rank(fn, "masks", masks, 5, "[B, O, T, H, W]")
-    _validate.check_floating(fn, "masks", masks)
-    b, t, hh, ww, _ = frames.shape
-    want = (b, obj_valid.shape[1], t, hh, ww)
-    if tuple(masks.shape) != want:
-        raise VosjaxError(
-            f"{fn}: argument 'masks' must have shape [B, O, T, H, W] = {want} to match 'frames' "
-            f"{tuple(frames.shape)} and 'obj_valid' {tuple(obj_valid.shape)}, got "
-            f"{tuple(masks.shape)}."
-        )
-
-
-def _check_feats(fn: str, feats: Any, required: tuple[str, ...]) -> None:
-    if not isinstance(feats, dict) or any(k not in feats for k in required):
-        have = sorted(feats) if isinstance(feats, dict) else type(feats).__name__
-        raise VosjaxError(
-            f"{fn}: argument 'feats' must be the dict returned by encode_key with keys "
-            f"{', '.join(required)}; got {have}."
-        )
-    b, t = feats["key"].shape[:2]
-    for k in required:
-        if tuple(feats[k].shape[:2]) != (b, t):
-            raise VosjaxError(
-                f"{fn}: feats['{k}'] has leading shape {tuple(feats[k].shape[:2])}, feats['key'] "
-                f"{(b, t)}; slice all entries of feats the same way."
-            )
+    checks.check_masks(fn, masks, frames.shape[:4], obj_valid.shape[1])
 
 
 # ----------------------------------------------------------------------------- the model
@@ -436,9 +399,9 @@ class STCN(VOSModel):
     ) -> Variables:
         """All variables ``{"params", "batch_stats"}`` from example inputs (any T >= 1)."""
         fn = f"{type(self).__name__}.init"
-        _check_frames(fn, frames)
-        _check_obj_valid(fn, obj_valid, frames.shape[0])
-        _check_masks(fn, masks, frames, obj_valid)
+        shape = checks.check_frames(fn, frames)
+        o = checks.check_obj_valid(fn, obj_valid, shape[0])
+        checks.check_masks(fn, masks, shape, o)
         return dict(self.net.init(rng, frames, masks, obj_valid))
 
     def update_batch_stats(
@@ -476,7 +439,7 @@ class STCN(VOSModel):
         self, variables: Variables, frames: Float[Array, "B T H W 3"], *, train: bool = False
     ) -> Feats:
         """Per-frame features: the key ``[B,T,h,w,Ck]`` and the decoder's skips (module doc)."""
-        _check_frames(f"{type(self).__name__}.encode_key", frames)
+        checks.check_frames(f"{type(self).__name__}.encode_key", frames)
         return self.net.apply(variables, frames, train, method=self.net_cls.encode_key)
 
     def encode_value(
@@ -498,15 +461,10 @@ class STCN(VOSModel):
         enter the other objects' sums. Differentiable w.r.t. ``masks``.
         """
         fn = f"{type(self).__name__}.encode_value"
-        _check_frames(fn, frames)
-        _check_obj_valid(fn, obj_valid, frames.shape[0])
-        _check_masks(fn, masks, frames, obj_valid)
-        _check_feats(fn, feats, ("key", "s16"))
-        if feats["s16"].shape[1] != frames.shape[1]:
-            raise VosjaxError(
-                f"{fn}: feats hold {feats['s16'].shape[1]} frames but 'frames' has "
-                f"{frames.shape[1]}; pass the encode_key features of these frames."
-            )
+        shape = checks.check_frames(fn, frames)
+        o = checks.check_obj_valid(fn, obj_valid, shape[0])
+        checks.check_masks(fn, masks, shape, o)
+        checks.check_feats(fn, feats, ("key", "s16"), frames_shape=shape)
         return self.net.apply(
             variables,
             frames,
@@ -576,12 +534,17 @@ class STCN(VOSModel):
         return memory
 
     def _check_memory(self, fn: str, memory: Any, obj_valid: Any, feats: Any) -> None:
+        """``feats`` (all of :attr:`feat_keys`) and a ``memory`` that fits them and obj_valid."""
+        checks.check_feats(fn, feats, self.feat_keys)
+        self._check_bank(fn, memory, obj_valid, feats)
+
+    def _check_bank(self, fn: str, memory: Any, obj_valid: Any, feats: Any) -> None:
+        """``memory`` is a bank of init_memory for these checked ``feats`` and ``obj_valid``."""
         if not isinstance(memory, mem_ops.MemoryBank):
             raise VosjaxError(
                 f"{fn}: argument 'memory' must be the MemoryBank from init_memory, got "
                 f"{type(memory).__name__}."
             )
-        _check_feats(fn, feats, self.feat_keys)
         b, _, h, w, ck = feats["key"].shape
         want = (b, h * w, ck, obj_valid.shape[1] * self.spec.value_dim)
         have = (
@@ -641,9 +604,9 @@ class STCN(VOSModel):
         dropout or batch norm.
         """
         fn = f"{type(self).__name__}.segment"
-        _check_feats(fn, feats, self.feat_keys)
-        _check_obj_valid(fn, obj_valid, feats["key"].shape[0])
-        self._check_memory(fn, memory, obj_valid, feats)
+        b = checks.check_feats(fn, feats, self.feat_keys)[0]
+        checks.check_obj_valid(fn, obj_valid, b)
+        self._check_bank(fn, memory, obj_valid, feats)
         r = self.read_memory(memory, feats, obj_valid.shape[1], options)
         logits = self.net.apply(variables, r, feats, method=self.net_cls.segment_readout)
         return jnp.where(obj_valid[:, :, None, None, None], logits, INVALID_LOGIT)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from vosjax.config_utils import check_fields
+from vosjax.config_utils import read_section
 from vosjax.data.normalize import normalize_frames
 from vosjax.errors import VosjaxError
 from vosjax.models.base import SegmentOptions
@@ -57,15 +57,13 @@ ObjectiveFn = Callable[..., tuple[Array, dict[str, Array]]]
 def parse_options(cls: type, config: Any, where: str = "objective") -> Any:
     """Build the frozen options dataclass ``cls`` from a config section (``name`` is skipped).
 
-    Unknown fields raise :class:`VosjaxError` naming the closest valid ones;
-    lists become tuples.
+    :func:`vosjax.config_utils.read_section`: unknown fields raise
+    :class:`VosjaxError` naming the closest valid ones; lists become tuples.
     """
-    d = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-    d.pop("name", None)
-    names = [f.name for f in dataclasses.fields(cls)]
-    check_fields(d, names, where)
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**d)
+    if hasattr(config, "to_dict") or isinstance(config, Mapping):
+        d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        config = {k: v for k, v in d.items() if k != "name"}
+    return read_section(cls, config, where)
 
 
 @dataclasses.dataclass(frozen=True)
