@@ -17,8 +17,8 @@ lightweight encoders) at 480 x 854, each timed as vosjax computes it
 XLA's grouped convolution (``feature_group_count = C``, the baseline), with
 the ratio per layer and over the whole network.
 
-``--time``: median time of one jitted per-frame step at the method's input
-size (batch 1, ``--objects`` objects): ``encode_key`` of the frame, ``segment``
+``--time``: median time of one jitted per-frame step at 480 x 854, the full
+DAVIS size (batch 1, ``--objects`` objects): ``encode_key`` of the frame, ``segment``
 from a memory holding the first frame, ``memorize`` of the frame; the baseline
 of the run is the ``stcn`` step (column ``x stcn``). Runs on the default JAX
 device (compile time excluded).
@@ -52,7 +52,7 @@ def model_config(name: str) -> Any:
 
 
 def example_inputs(cfg: Any, objects: int, frames: int = 2) -> tuple[Any, Any, Any, tuple]:
-    hw = tuple(cfg.get("input_size", FULL_SIZE)) if hasattr(cfg, "get") else FULL_SIZE
+    hw = FULL_SIZE
     f = jax.ShapeDtypeStruct((1, frames) + hw + (3,), jnp.float32)
     m = jax.ShapeDtypeStruct((1, objects, frames) + hw, jnp.float32)
     v = jax.ShapeDtypeStruct((1, objects), jnp.bool_)
@@ -92,7 +92,7 @@ def param_table(detail: bool, names: list[str]) -> dict[str, tuple[Any, Any]]:
 
 
 def time_step(cfg: Any, model: Any, objects: int, repeats: int) -> tuple[dict, tuple]:
-    """Median time of one jitted per-frame step of ``model`` at its input size."""
+    """Median time of one jitted per-frame step of ``model`` at 480 x 854."""
     f, m, v, hw = example_inputs(cfg, objects, 1)
     frames = jnp.zeros(f.shape, f.dtype).at[..., 0].set(1.0)
     masks = jnp.zeros(m.shape, m.dtype).at[..., : hw[0] // 2, : hw[1] // 2].set(1.0)

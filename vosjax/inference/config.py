@@ -17,10 +17,10 @@ table of policies and their defaults is in :mod:`vosjax.memory_policy`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
+from vosjax.config_utils import read_section
 from vosjax.errors import VosjaxError
 from vosjax.memory_policy import POLICIES
 
@@ -177,30 +177,10 @@ class EngineConfig:
         """Build from a ConfigDict / mapping whose keys are field names (1:1), plus ``overrides``.
 
         An unknown key raises :class:`VosjaxError` naming it and the closest
-        valid field names; bad values raise from the field checks.
+        valid field names (:func:`vosjax.config_utils.read_section`); bad values
+        raise from the field checks.
         """
-        if config is None:
-            values: dict[str, Any] = {}
-        elif hasattr(config, "to_dict"):
-            values = dict(config.to_dict())
-        elif isinstance(config, Mapping):
-            values = dict(config)
-        else:
-            raise VosjaxError(
-                "EngineConfig.from_config: 'config' must be an ml_collections.ConfigDict or a "
-                f"mapping of field names to values, got {type(config).__name__}."
-            )
-        values.update(overrides)
-        names = cls.field_names()
-        for key in values:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
-                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise VosjaxError(
-                    f"EngineConfig.from_config: unknown field {key!r}.{hint} Valid fields: "
-                    f"{', '.join(names)}."
-                )
-        return cls(**values)
+        return read_section(cls, config, "EngineConfig.from_config", **overrides)
 
     def replace(self, **changes: Any) -> EngineConfig:
         """A copy with some fields changed (validated like the constructor)."""

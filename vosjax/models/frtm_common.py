@@ -46,18 +46,6 @@ import numpy as np
 
 from vosjax.errors import VosjaxError
 
-# The checks live in vosjax.models.checks; JOINT.init_memory / JOINT.memorize still call
-# them as frtm_common.<name>, so they are re-exported here until those methods import checks.
-from vosjax.models.checks import (  # noqa: F401
-    SIZE_KEY,
-    check_feat_shape,
-    check_feats,
-    check_frames,
-    check_masks,
-    check_obj_valid,
-    check_positive_int,
-    check_row_flags,
-)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -346,9 +346,9 @@ class JOINT(BackboneSegnetModel):
     ) -> JointMemory:
         """Empty memory: ``memory_frames`` empty template slots, zero kernels."""
         fn = "JOINT.init_memory"
-        batch = chk.check_positive_int(fn, "batch", batch)
-        num_objects = chk.check_positive_int(fn, "num_objects", num_objects)
-        h, w = chk.check_feat_shape(fn, feat_shape)
+        batch = checks.check_positive_int(fn, "batch", batch)
+        num_objects = checks.check_positive_int(fn, "num_objects", num_objects)
+        h, w = checks.check_feat_shape(fn, feat_shape)
         s = self.settings
         c, d, k = s.feature_dim, s.enc_dim, s.learner_kernel
         return JointMemory(
@@ -394,14 +394,14 @@ class JOINT(BackboneSegnetModel):
             raise VosjaxError(
                 f"{fn}: 'memory' must come from JOINT.init_memory, got {type(memory).__name__}."
             )
-        shape = chk.check_frames(fn, frames)
-        o = chk.check_masks(fn, masks, shape)
+        shape = checks.check_frames(fn, frames)
+        o = checks.check_masks(fn, masks, shape)
         b, t = shape[:2]
-        chk.check_obj_valid(fn, obj_valid, b, o)
-        chk.check_feats(fn, feats, ["key", "key_ind"])
-        chk.check_row_flags(fn, "write", write, b)
+        checks.check_obj_valid(fn, obj_valid, b, o)
+        checks.check_feats(fn, feats, ["key", "key_ind"])
+        checks.check_row_flags(fn, "write", write, b)
         refit = write if refit is None else refit
-        chk.check_row_flags(fn, "refit", refit, b)
+        checks.check_row_flags(fn, "refit", refit, b)
         if memory.initialized.shape != (b, o):
             raise VosjaxError(
                 f"{fn}: memory holds {memory.initialized.shape} (videos, objects) but the masks have "

@@ -35,7 +35,8 @@ configuration (:func:`default_config`):
     Narrower value / decoder widths bring the whole network to ~1.9M
     parameters (the paper's figure). There is no ASPP in any form here.
 ``"cyclic"`` (cyclic VOS, sec. 4.1)
-    The baseline network at half resolution (``input_size = (240, 427)``) with
+    The baseline network, run at half resolution (``configs/cyclic.py`` sets
+    ``inference.resolution = 240``: 240 x 427 frames), with
     a lighter value dimension (``Cv = 256``) and decoder. What the cycle loss
     and gradient correction need is part of every form: ``memorize`` and
     ``segment`` are differentiable w.r.t. the masks given to ``memorize``.
@@ -99,9 +100,9 @@ def default_config(variant: str = "stcn", tiny: bool = False) -> ml_collections.
     ``query_comp_dim`` (the decoder's compression of the query's stride-16
     features); ``decoder_dims`` (widths after the stride-16 ResBlock and the
     two upsampling steps); ``cbam_reduction``; ``memory_frames`` (bank slots,
-    keep-first); ``top_k`` (the inference default, used by the engine);
-    ``train_bn``; ``dtype`` (``"float32"`` / ``"bfloat16"``); ``input_size``
-    (the (H, W) the method runs at, used by the data / inference configs).
+    the default capacity; the memory policy may set another); ``train_bn``;
+    ``dtype`` (``"float32"`` / ``"bfloat16"``). The resolution a method runs
+    at is an inference option (``inference.resolution``), not the model's.
     """
     if variant not in VARIANTS:
         raise VosjaxError(
@@ -120,7 +121,6 @@ def default_config(variant: str = "stcn", tiny: bool = False) -> ml_collections.
     c.memory_frames = 16
     c.train_bn = False
     c.dtype = "float32"
-    c.input_size = (480, 854)
     if variant == "trickvos":
         c.key_backbone = c.value_backbone = "mobilenet_v2"
         c.key_dim = 32
@@ -133,7 +133,6 @@ def default_config(variant: str = "stcn", tiny: bool = False) -> ml_collections.
         c.value_dim = 256
         c.query_comp_dim = 256
         c.decoder_dims = (256, 128, 128)
-        c.input_size = (240, 427)
     if tiny:
         c.key_backbone = c.value_backbone = "resnet18"
         if variant != "trickvos":
@@ -143,7 +142,6 @@ def default_config(variant: str = "stcn", tiny: bool = False) -> ml_collections.
         c.query_comp_dim = 32
         c.decoder_dims = (32, 16, 16)
         c.cbam_reduction = 4
-        c.input_size = (64, 64)
     return c
 
 
@@ -353,18 +351,6 @@ class MemoryNet(nn.Module):
 # The checks are vosjax.models.checks; STCN.memorize calls them under these names.
 
 
-def _check_frames(fn: str, frames: Any) -> None:
-    checks.check_frames(fn, frames)
-
-
-def _check_obj_valid(fn: str, obj_valid: Any, batch: int) -> None:
-    checks.check_obj_valid(fn, obj_valid, batch)
-
-
-def _check_masks(fn: str, masks: Any, frames: Any, obj_valid: Any) -> None:
-    checks.check_masks(fn, masks, frames.shape[:4], obj_valid.shape[1])
-
-
 # ----------------------------------------------------------------------------- the model
 
 
@@ -479,8 +465,9 @@ class STCN(VOSModel):
     def init_memory(
         self, variables: Variables, batch: int, num_objects: int, feat_shape: tuple[int, int]
     ) -> mem_ops.MemoryBank:
-        """An empty bank: :attr:`memory_frames` slots (the policy's capacity) of ``h*w`` positions, keys ``Ck``,
-        values ``num_objects * Cv`` (objects folded into channels, object-major)."""
+        """An empty bank: :attr:`memory_frames` slots (the policy's capacity) of ``h*w``
+        positions, keys ``Ck``, values ``num_objects * Cv`` (objects folded into channels,
+        object-major)."""
         del variables
         h, w = feat_shape
         dtype = jnp.float32 if self.spec.dtype == "float32" else jnp.bfloat16
@@ -513,17 +500,20 @@ class STCN(VOSModel):
         """
         del refit
         fn = f"{type(self).__name__}.memorize"
-        _check_frames(fn, frames)
-        _check_obj_valid(fn, obj_valid, frames.shape[0])
-        _check_masks(fn, masks, frames, obj_valid)
-        self._check_memory(fn, memory, obj_valid, feats)
+        shape = checks.check_frames(fn, frames)
+        o = checks.check_obj_valid(fn, obj_valid, shape[0])
+        checks.check_masks(fn, masks, shape, o)
+        checks.check_feats(fn, feats, self.feat_keys, frames_shape=shape)
+        self._check_bank(fn, memory, obj_valid, feats)
         write = jnp.asarray(write)
         if write.shape != (frames.shape[0],) or write.dtype != jnp.bool_:
             raise VosjaxError(
                 f"{fn}: argument 'write' must be bool[B={frames.shape[0]}], got "
                 f"{write.dtype}{list(write.shape)}."
             )
-        values = self.encode_value(variables, frames, masks, obj_valid, feats, train=train)
+        values = self.net.apply(  # the inputs are checked above: the network directly
+            variables, frames, masks, obj_valid, feats["s16"], train, method=self.net_cls.encode_value
+        )
         b, o, t, h, w, cv = values.shape
         for i in range(t):
             k = feats["key"][:, i].reshape(b, h * w, -1)
@@ -532,11 +522,6 @@ class STCN(VOSModel):
                 memory, k, v, keep_first=self.policy.keep_first, write=write
             )
         return memory
-
-    def _check_memory(self, fn: str, memory: Any, obj_valid: Any, feats: Any) -> None:
-        """``feats`` (all of :attr:`feat_keys`) and a ``memory`` that fits them and obj_valid."""
-        checks.check_feats(fn, feats, self.feat_keys)
-        self._check_bank(fn, memory, obj_valid, feats)
 
     def _check_bank(self, fn: str, memory: Any, obj_valid: Any, feats: Any) -> None:
         """``memory`` is a bank of init_memory for these checked ``feats`` and ``obj_valid``."""
