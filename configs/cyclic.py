@@ -32,8 +32,8 @@ def get_config(arg=None):
     )
     c.inference = ml_collections.ConfigDict(
         {"top_k": 20, "memory_policy": "every_k", "mem_every": 5, "correction_every": 5,
-         "correction_iters": 10, "correction_smooth": 0.75, "correction_gamma": 1.0,
-         "resolution": 240}
+         "correction_iters": 10, "correction_rate": 150.0, "correction_smooth": 0.0,
+         "correction_gamma": 1.0, "correction_top_p": 0.4, "resolution": 240}
     )
     if not tiny:
         P.add_stage(c, "video", steps=210_000, optim=P.optim(name="adam", lr=1e-5),
