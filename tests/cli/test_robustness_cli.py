@@ -6,6 +6,7 @@ import importlib.util
 import pathlib
 
 import numpy as np
+import pytest
 
 from vosjax.data import SyntheticSource, load_spec
 
@@ -21,6 +22,7 @@ def _tool():
     return mod
 
 
+@pytest.mark.slow
 def test_robustness_table_has_every_setting_with_finite_numbers(tiny_bundle, capsys, monkeypatch):
     tool = _tool()
     monkeypatch.setattr(tool, "open_source", lambda data: SyntheticSource(load_spec("demo", **SPEC), "val"))
