@@ -249,3 +249,53 @@ def test_bad_arguments_raise_vosjax_error():
         correction.mi_fgsm(lambda y: jnp.sum(y), jnp.zeros(5), num_iters=3)
     with pytest.raises(VosjaxError, match="shape"):
         correction.cycle_erf(lambda y: jnp.sum(y), (5,))
+
+
+def _np_criterion(p, y, valid, gamma, top_p):
+    """libs/utils/loss.py of the authors, per sample: bootstrapped CE + mean IoU loss."""
+    out = []
+    for b in range(p.shape[0]):
+        ks = [0] + [o + 1 for o in range(valid.shape[1]) if valid[b, o]]
+        ce_pix = np.zeros(p.shape[2:])
+        for k in ks:
+            ce_pix += np.where(y[b, k] > 0, -np.log(np.where(y[b, k] > 0, p[b, k], 1)) * y[b, k], 0)
+        num = int(p.shape[2] * p.shape[3] * top_p)
+        ce = np.sort(ce_pix.ravel())[::-1][:num].mean()
+        ious = [1 - np.minimum(p[b, k], y[b, k]).sum() / np.maximum(p[b, k], y[b, k]).sum()
+                for k in ks[1:]]
+        out.append((np.mean(ious) if ious else 0.0) + gamma * ce)
+    return np.array(out)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_correction_criterion_matches_numpy_and_its_gradient(seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(2, 3, 6, 7))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    lab = rng.integers(0, 3, size=(2, 6, 7))
+    y = (lab[:, None] == np.arange(3)[None, :, None, None]).astype(np.float64)
+    valid = np.array([[True, True], [True, False]])
+    got = correction.correction_criterion(jnp.asarray(p, jnp.float32), jnp.asarray(y, jnp.float32),
+                                          jnp.asarray(valid), 0.8, 0.4)
+    np.testing.assert_allclose(got, _np_criterion(p, y, valid, 0.8, 0.4), rtol=1e-5, atol=1e-6)
+    from jax.test_util import check_grads
+
+    f = lambda q: jnp.sum(correction.correction_criterion(q, jnp.asarray(y, jnp.float32),  # noqa: E731
+                                                          jnp.asarray(valid), 0.8, 0.4))
+    check_grads(f, (jnp.asarray(p, jnp.float32),), order=1, modes=("rev",), eps=1e-3,
+                atol=5e-2, rtol=5e-2)
+
+
+def test_authors_update_is_plain_unclipped_descent_on_the_mean_loss():
+    """test.py:175-187: N times ``out <- out - 150 * d loss / d out``, no clip, no h * w factor."""
+    rng = np.random.default_rng(0)
+    t = jnp.asarray(rng.uniform(size=(2, 5, 6)), jnp.float32)
+    loss = lambda y: jnp.mean((y - t) ** 2) * 3.0  # noqa: E731  (a mean loss, like theirs)
+    y0 = jnp.zeros((2, 5, 6), jnp.float32)
+    got = correction.gradient_correction(loss, y0, 4, correction.CORRECTION_RATE)
+    ref = np.zeros((2, 5, 6))
+    for _ in range(4):
+        ref = ref - 150.0 * (2 * 3.0 / ref.size) * (ref - np.asarray(t, np.float64))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    assert float(jnp.max(jnp.abs(got))) > 1.0  # unclipped: it leaves [0, 1] here

@@ -6,7 +6,11 @@ its mask ``Y_t``, and score it against the given ``Y_1`` with eq. 4; build it
 as a closure over the model, its params and the frames):
 
 - :func:`gradient_correction` (eq. 7-8, 10-11): N steps of
-  ``Y <- Y - alpha * d/dY [loss_fn(Y) + lambda * L_smooth(Y)]``.
+  ``Y <- Y - alpha * d/dY [loss_fn(Y) + lambda * L_smooth(Y)]``, unclipped.
+- :func:`correction_criterion`: the authors' reconstruction loss ``L`` of eq. 7
+  on an aggregated back-prediction (bootstrapped CE over background + objects
+  plus the mean IoU loss over objects, both means), the loss on which their
+  ``alpha = 150`` acts (module ``vosjax.inference.cycle``).
 - :func:`cycle_erf` (eq. 12): the same from an empty mask for M = 50 steps, then ReLU.
 - :func:`fgsm`, :func:`mi_fgsm`: adversarial perturbations of reference masks
   that MAXIMISE ``loss_fn`` within an L-inf ball of radius eps (on the 0-255
@@ -27,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from vosjax._validate import check_floating, check_rank
 from vosjax.errors import VosjaxError
@@ -36,6 +40,9 @@ __all__ = [
     "ERF_ITERS",
     "NUM_ITERS",
     "SMOOTH_WEIGHT",
+    "CORRECTION_RATE",
+    "CORRECTION_TOP_P",
+    "correction_criterion",
     "cycle_erf",
     "fgsm",
     "gradient_correction",
@@ -44,9 +51,15 @@ __all__ = [
     "sobel",
 ]
 
-NUM_ITERS = 10  # N (sec. 4.1 / PAPERS.md)
-SMOOTH_WEIGHT = 0.75  # lambda of eq. 10 in the paper's experiments
+NUM_ITERS = 10  # N (sec. 4.1; authors' code: libs/config/default.py:43 ``loop = 10``)
+SMOOTH_WEIGHT = 0.75  # lambda of eq. 10 in the paper (sec. 4.1); the authors' test.py has no smooth term
 ERF_ITERS = 50  # M of eq. 12
+#: alpha of eq. 8 on the mean loss of :func:`correction_criterion` (authors' code:
+#: libs/config/default.py:41 ``correction_rate = 150``; their config.yaml:28 and
+#: demo/demo.yaml:7 override it with 180).
+CORRECTION_RATE = 150.0
+#: fraction of pixels the correction's CE keeps (libs/utils/loss.py:16 ``bootstrap=0.4``).
+CORRECTION_TOP_P = 0.4
 
 LossFn = Callable[[Array], Array]
 
@@ -111,6 +124,57 @@ def smoothness_loss(mask: Float[Array, "*batch H W"]) -> Float[Array, ""]:
     return jnp.mean(jnp.square(gx.astype(jnp.float32)) + jnp.square(gy.astype(jnp.float32)))
 
 
+# -- the reconstruction loss of eq. 7 (the authors' test-time criterion) ----------------------
+
+
+def correction_criterion(
+    probs: Float[Array, "B K H W"],
+    target: Float[Array, "B K H W"],
+    obj_valid: Bool[Array, "B O"],
+    gamma: float | Float[Array, ""] = 1.0,
+    top_p: float = CORRECTION_TOP_P,
+) -> Float[Array, " B"]:
+    """``L = L_IoU + gamma * CE_top`` per video on aggregated probabilities (eq. 4-6).
+
+    ``probs`` / ``target`` have channel 0 = background and channel ``o + 1`` =
+    object slot ``o``, ``K = O + 1``; ``obj_valid`` selects the objects (the
+    background always counts). With ``n = int(H * W * top_p)``:
+
+    - ``c_u = -sum_{k valid} target_k,u log probs_k,u``; ``CE_top`` = the mean of
+      the ``n`` largest ``c_u`` (bootstrapped cross entropy);
+    - ``L_IoU = mean_{o valid} (1 - sum_u min(p_o, y_o) / sum_u max(p_o, y_o))``
+      (0 for a video without objects; an empty pair scores 0).
+
+    The authors' ``cross_entropy_loss + mask_iou_loss`` (libs/utils/loss.py:16-57,
+    test.py:104) with ``gamma = 1``; there the top-``n`` pixels and the object
+    mean are taken per sample as here.
+    """
+    fn = "correction_criterion"
+    check_rank(fn, "probs", probs, (4,), "[B, K, H, W]")
+    if target.shape != probs.shape:
+        raise VosjaxError(f"{fn}: 'target' must have the shape of 'probs' {probs.shape}, got {target.shape}.")
+    b, k, h, w = probs.shape
+    if tuple(obj_valid.shape) != (b, k - 1):
+        raise VosjaxError(f"{fn}: 'obj_valid' must be bool[B={b}, O={k - 1}], got {obj_valid.shape}.")
+    if not 0.0 < top_p <= 1.0:
+        raise VosjaxError(f"{fn}: 'top_p' must be in (0, 1], got {top_p}.")
+    n = max(int(h * w * top_p), 1)
+    p = probs.astype(jnp.float32)
+    y = target.astype(jnp.float32)
+    valid = jnp.concatenate([jnp.ones((b, 1), bool), obj_valid], axis=1)[:, :, None, None]
+    use = valid & (y > 0)
+    nll = jnp.where(use, -y * jnp.log(jnp.where(use, p, 1.0)), 0.0)
+    per_pixel = jnp.sum(nll, axis=1).reshape(b, h * w)
+    ce = jnp.mean(lax.top_k(per_pixel, n)[0], axis=-1)
+    po, yo = p[:, 1:], y[:, 1:]
+    inter = jnp.sum(jnp.minimum(po, yo), axis=(-2, -1))
+    union = jnp.sum(jnp.maximum(po, yo), axis=(-2, -1))
+    iou = jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 1.0)
+    count = jnp.sum(obj_valid, axis=1)
+    iou_loss = jnp.sum(jnp.where(obj_valid, 1.0 - iou, 0.0), axis=1) / jnp.maximum(count, 1)
+    return iou_loss + gamma * ce
+
+
 # -- gradient correction (eq. 7-8, 10) and cycle-ERF (eq. 12) --------------------------------
 
 
@@ -136,8 +200,11 @@ def gradient_correction(
       mask: the initial mask ``Y_t^0``.
       num_iters: N (static int; the paper uses 10).
       rate: the correction rate alpha (the paper does not print its value and
-        reports results insensitive to it; it depends on the scale of ``loss_fn``).
-      smooth_weight: lambda of eq. 10 (0 disables the Sobel term; the paper uses 0.75).
+        reports results insensitive to it; it depends on the scale of
+        ``loss_fn``: the authors use 150 on the mean loss of
+        :func:`correction_criterion`, :data:`CORRECTION_RATE`).
+      smooth_weight: lambda of eq. 10 (0 disables the Sobel term; the paper
+        states 0.75, the authors' test.py:184 has no smooth term).
       clip: clip the mask to [0, 1] after every step. Off by default, as in
         the paper, whose update is unconstrained.
       return_losses: also return the objective (eq. 10) before each step and after the last.

@@ -64,10 +64,18 @@ class EngineConfig:
       memory_frames: memory capacity in frames (None = 2 for ``first_last``,
         else the model's own ``memory_frames``).
       correction_every: gradient correction every K frames (cyclic VOS; 0 = off).
-      correction_iters: N, correction steps per corrected frame (paper: 10).
-      correction_rate: alpha, the step size of ``Y <- Y - alpha dL/dY``.
-      correction_smooth: lambda of the Sobel smoothness term (paper: 0.75).
-      correction_gamma: gamma of the reconstruction loss L_IoU + gamma L_CE.
+      correction_iters: N, correction steps per corrected frame (paper and
+        authors' code: 10).
+      correction_rate: alpha, the step size of ``Y <- Y - alpha dL/dY`` on the
+        MEAN loss of :func:`vosjax.correction.correction_criterion` (authors'
+        libs/config/default.py:41: 150; their config.yaml sets 180).
+      correction_smooth: lambda of the Sobel smoothness term (the paper states
+        0.75; the authors' test.py has none, hence 0).
+      correction_gamma: gamma of the reconstruction loss L_IoU + gamma L_CE (1).
+      correction_top_p: fraction of pixels the correction's CE keeps (0.4).
+      correction_output: output the corrected masks too (demo/demo.py); by
+        default only the memory gets them and the frame's output is the
+        uncorrected prediction (the authors' test.py, which gave their numbers).
       box_filter: None, ``"cv"`` (constant velocity) or ``"pt"`` (parametric
         tracker MLP), TrickVOS Algorithm 1.
       box_margin: enlarge the predicted box by this fraction per side.
@@ -90,9 +98,11 @@ class EngineConfig:
     memory_frames: int | None = None
     correction_every: int = 0
     correction_iters: int = 10
-    correction_rate: float = 1.0
-    correction_smooth: float = 0.75
+    correction_rate: float = 150.0
+    correction_smooth: float = 0.0
     correction_gamma: float = 1.0
+    correction_top_p: float = 0.4
+    correction_output: bool = False
     box_filter: str | None = None
     box_margin: float = 0.0
     tracker: str | None = None
@@ -123,7 +133,9 @@ class EngineConfig:
             v = getattr(self, name)
             if not _is_number(v) or v < 0:
                 raise bad(name, "a number >= 0")
-        for name in ("bucket_objects", "return_probs"):
+        if not _is_number(self.correction_top_p) or not 0 < self.correction_top_p <= 1:
+            raise bad("correction_top_p", "a number in (0, 1]")
+        for name in ("bucket_objects", "return_probs", "correction_output"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
         if self.memory_policy not in MEMORY_POLICIES:

@@ -19,14 +19,16 @@ program (``B`` videos at once; ``t`` = index of a frame in its video),
 3. per frame, in order (a ``lax.scan`` of :func:`steps.frame_body` in
    :func:`steps.scan_frames`):
 
-   a. :func:`steps.correct`: gradient correction of ``p`` where ``t % K == 0``
-      (cyclic VOS; frames chosen by :func:`steps.correction_frames`; only computed,
-      under ``lax.cond``, when some video needs it);
-   b. :func:`steps.apply_given`: given masks (last frame only): a given object's
+   a. :func:`steps.apply_given`: given masks (last frame only): a given object's
       ``p`` is its mask; the other objects lose the given pixels,
       ``p_j <- p_j (1 - max_given)``;
-   c. :func:`steps.aggregate`: soft aggregation over the objects present at that
+   b. :func:`steps.aggregate`: soft aggregation over the objects present at that
       frame, ``P = softmax(soft_aggregate(p))`` (channel 0 = background);
+   c. :func:`steps.correct`: gradient correction of the object channels of ``P``
+      where ``t % K == 0`` (cyclic VOS, as the authors' test.py: the memory gets
+      the corrected ``P``, the output keeps the uncorrected one unless
+      ``correction_output``; frames chosen by :func:`steps.correction_frames`;
+      only computed, under ``lax.cond``, when some video needs it);
    d. :func:`steps.box_filter`: box filter (TrickVOS Algorithm 1, per object, CV or
       PT) of the object channels, ``P_obj <- A(BB) P_obj`` and
       ``P_bg = 1 - sum P_obj``; frames with given masks are not filtered but

@@ -3,8 +3,8 @@
 Each function is one step of the engine's program (see the module docstring of
 :mod:`vosjax.inference.engine` for the whole): :func:`encode`,
 :func:`clip_bookkeeping`, :func:`given_masks`, :func:`read`, the per-frame
-body :func:`frame_body` (:func:`correct` -> :func:`apply_given` ->
-:func:`aggregate` -> :func:`box_filter`) scanned by :func:`scan_frames`,
+body :func:`frame_body` (:func:`apply_given` -> :func:`aggregate` ->
+:func:`correct` -> :func:`box_filter`) scanned by :func:`scan_frames`,
 :func:`write` (with :func:`update_refs`) and :func:`labels`. They are pure
 functions of arrays and static values, traced inside the engine's one
 ``jax.jit``; :class:`Clip`, :class:`Given` and :class:`FrameContext` carry the
@@ -150,12 +150,13 @@ def correction_frames(every: int, clip: Clip, given: Given) -> Bool[Array, "B L"
 
 def correct(
     ctx: FrameContext,
-    p: Float[Array, "B O 1 h w"],
+    big: Float[Array, "B K h w"],
     x_l: Float[Array, "B h w 3"],
     feats_l: Any,
     correct_l: Bool[Array, " B"],
-) -> Float[Array, "B O 1 h w"]:
-    """Gradient correction (:func:`vosjax.inference.cycle.correct_masks`) of the rows that need it."""
+) -> Float[Array, "B K h w"]:
+    """Gradient correction (:func:`vosjax.inference.cycle.correct_masks`) of the aggregated
+    probabilities of the rows that need it (objects present before the clip, with a reference)."""
     cfg, refs = ctx.config, ctx.refs
     rows = correct_l[:, None] & ctx.obj_before & refs.valid
     return lax.cond(
@@ -165,7 +166,7 @@ def correct(
             ctx.variables,
             x_l,
             feats_l,
-            p,
+            big,
             refs,
             rows,
             ctx.feat_shape,
@@ -173,9 +174,10 @@ def correct(
             rate=cfg.correction_rate,
             gamma=cfg.correction_gamma,
             smooth=cfg.correction_smooth,
+            top_p=cfg.correction_top_p,
             top_k=cfg.top_k,
         ),
-        lambda: p,
+        lambda: big,
     )
 
 
@@ -228,20 +230,26 @@ def box_filter(
 
 
 def frame_body(ctx: FrameContext, box_state: Any, inputs: tuple) -> tuple[Any, tuple]:
-    """The ``lax.scan`` body over the frames of a clip: correct -> given -> aggregate -> box filter.
+    """The ``lax.scan`` body over the frames of a clip: given -> aggregate -> correct -> box filter.
 
-    Returns ``(box_state, (P,))``, or ``(box_state, (P, box-filtered P))`` with a box filter.
+    Returns ``(box_state, (P,))``, or ``(box_state, (P, P_out))`` where the
+    output differs from what the memory gets: gradient correction changes the
+    memory's ``P`` only (unless ``correction_output``), the box filter the output only.
     """
     pos, p, x_l, feats_l, valid_l, correct_l = inputs
-    if ctx.config.correction_every:
-        p = correct(ctx, p, x_l, feats_l, correct_l)
     at_given = (pos == ctx.last) & ctx.given.any_obj  # [B]
     p, g_obj = apply_given(p, ctx.given, at_given)
     big = aggregate(p, ctx.obj_before | g_obj)
-    if not ctx.config.box_filter:
+    out = big
+    if ctx.config.correction_every:
+        big = correct(ctx, big, x_l, feats_l, correct_l)
+        if ctx.config.correction_output:
+            out = big
+    if ctx.config.box_filter:
+        box_state, out = box_filter(box_state, out, g_obj, valid_l, ctx.config, ctx.motion_fn)
+    if out is big:
         return box_state, (big,)
-    box_state, filtered = box_filter(box_state, big, g_obj, valid_l, ctx.config, ctx.motion_fn)
-    return box_state, (big, filtered)
+    return box_state, (big, out)
 
 
 def scan_frames(

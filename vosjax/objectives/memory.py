@@ -17,10 +17,14 @@ frames:
     aggregated probability map.
 ``cyclic``
     forward ``mean_{t in Q} [L_IoU(P_t, Y_t) + gamma BCE_p(C_t, y_t)]`` plus the
-    cycle term: the LAST query frame ``t`` and its prediction form the
-    cyclic reference set, from which frame 0 is predicted back,
-    ``L_IoU(P_1^, Y_1) + gamma BCE_p(C_1^, y_1)`` (cyclic VOS eq. 2-6,
-    ``L_IoU = 1 - sum min / sum max``, gamma = 1, top 40 % bootstrapping).
+    cycle term: EVERY query frame ``t`` and its prediction (alone) form a
+    cyclic reference set from which frame 0 is predicted back,
+    ``(1/|Q|) sum_{t in Q} g_t [L_IoU(P_1^t, Y_1) + gamma BCE_p(C_1^t, y_1)]``
+    (cyclic VOS eq. 2-6, ``L_IoU = 1 - sum min / sum max``, gamma = 1, top 40 %
+    bootstrapping), as the authors' train.py:320-341 (lyxok1/STM-Training,
+    branch cycle): ``g_t`` = 1 where the sample's highest object is in frame
+    t's ground truth, and objects absent from frame t leave its IoU term; both
+    sums are divided by T - 1 per sample, then averaged over the batch.
 ``pcvos``
     the query frames form ``num_clips`` clips of ``N`` frames (1 + 2N frames,
     N = 3); each clip is segmented at once (intra-clip refinement sees the
@@ -161,9 +165,10 @@ def trickvos_objective(
     return loss, {**terms, "top_p": p, "iou": hard_iou(r.probs, masks, prep.obj_valid)}
 
 
-def _cycle_term(agg, probs, labels, masks, p, gamma, obj_valid):
+def _cycle_term(agg, probs, labels, masks, p, gamma, obj_valid, iou_valid=None):
     """``L_IoU + gamma * BCE_p`` of one frame (cyclic VOS eq. 4-5, CE bootstrapped)."""
-    iou = losses.cycle_mask_loss(probs, masks, gamma=0.0, valid=obj_valid)
+    iou_valid = obj_valid if iou_valid is None else iou_valid
+    iou = losses.cycle_mask_loss(probs, masks, gamma=0.0, valid=iou_valid)
     return iou + gamma * losses.bootstrapped_ce(agg, labels, p, obj_valid), iou
 
 
@@ -171,7 +176,7 @@ def cyclic_objective(
     model: Any, variables: Any, batch: Batch, rng: Array, step: Int[Array, ""] | int, *,
     options: CyclicOptions = CyclicOptions(),
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
-    """Cyclic VOS: forward propagation, then frame 0 predicted back from the last frame."""
+    """Cyclic VOS: forward propagation, then frame 0 predicted back from every query frame."""
     del rng
     prep = prepare_batch(batch)
     T = _check_frames("cyclic objective", prep, 2)
@@ -185,20 +190,35 @@ def cyclic_objective(
                                 p, options.gamma, prep.obj_valid)
         forward += term / n
         fwd_iou += iou / n
-    # the cyclic reference set {X_t, Y_t^} of the last query frame predicts frame 0 back
+    # every query frame t with its prediction forms a cyclic reference set {X_t, Y_t^} that
+    # predicts frame 0 back (authors' train.py:320-341)
     B, O = prep.obj_valid.shape
     h, w = r.feats["key"].shape[2:4]
-    last = r.frames[-1]
-    memory = model.init_memory(variables, B, O, (h, w))
-    memory = model.memorize(
-        variables, memory, take_frames(prep.frames, [last], 1), r.probs[:, :, -1:], prep.obj_valid,
-        slice_feats(r.feats, [last]), jnp.ones((B,), bool), None, train=True,
-    )
-    back_logits = model.segment(variables, memory, slice_feats(r.feats, [0]), prep.obj_valid,
-                                TRAIN_OPTIONS)
-    back_agg, back_probs = aggregate(back_logits, prep.obj_valid)
-    backward, _ = _cycle_term(back_agg[:, :, 0], back_probs[:, :, 0], prep.labels[:, 0],
-                                     prep.masks[:, :, 0], p, options.gamma, prep.obj_valid)
+    present = jnp.any(masks > 0.5, axis=(-2, -1))  # [B, O, Tq]
+    last_obj = jnp.max(jnp.where(prep.obj_valid, jnp.arange(O)[None], -1), axis=1)  # [B]
+    backward, back_probs_all = 0.0, []
+    for i, t in enumerate(r.frames):
+        memory = model.init_memory(variables, B, O, (h, w))
+        memory = model.memorize(
+            variables, memory, take_frames(prep.frames, [t], 1), r.probs[:, :, i:i + 1],
+            prep.obj_valid, slice_feats(r.feats, [t]), jnp.ones((B,), bool), None, train=True,
+        )
+        back_logits = model.segment(variables, memory, slice_feats(r.feats, [0]), prep.obj_valid,
+                                    TRAIN_OPTIONS)
+        back_agg, back_probs = aggregate(back_logits, prep.obj_valid)
+        back_probs_all.append(back_probs)
+        pres = present[:, :, i]
+        # counted where the sample's highest object is in frame t's ground truth
+        # (train.py:328); objects absent from frame t leave the IoU term (ref=mask[t])
+        gate = jnp.take_along_axis(pres, jnp.maximum(last_obj, 0)[:, None], axis=1)[:, 0]
+        for b in range(B):
+            term, _ = _cycle_term(
+                back_agg[b:b + 1, :, 0], back_probs[b:b + 1, :, 0], prep.labels[b:b + 1, 0],
+                prep.masks[b:b + 1, :, 0], p, options.gamma, prep.obj_valid[b:b + 1],
+                iou_valid=prep.obj_valid[b:b + 1] & pres[b:b + 1],
+            )
+            backward += jnp.where(gate[b], term, 0.0) / (B * n)
+    back_probs = jnp.concatenate(back_probs_all, axis=2)
     loss = forward + backward
     return loss, {
         "forward": forward,
@@ -206,7 +226,8 @@ def cyclic_objective(
         "iou_loss": fwd_iou,
         "top_p": p,
         "iou": hard_iou(r.probs, masks, prep.obj_valid),
-        "cycle_iou": hard_iou(back_probs, prep.masks[:, :, :1], prep.obj_valid),
+        "cycle_iou": hard_iou(back_probs, jnp.repeat(prep.masks[:, :, :1], n, axis=2),
+                              prep.obj_valid),
     }
 
 
