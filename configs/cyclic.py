@@ -36,6 +36,7 @@ def get_config(arg=None):
          "resolution": 240}
     )
     if not tiny:
+        c.init.backbones = P.imagenet(key_encoder=("resnet50", 3, "s16"), value_encoder=("resnet18", 5, "s16"))
         P.add_stage(c, "video", steps=210_000, optim=P.optim(name="adam", lr=1e-5),
                     data=P.data(P.davis_youtube_source(davis_repeats=1), sampler="cyclic",
                                 batch_size=4, crop_size=(240, 427), max_objects=3, num_workers=4))
