@@ -57,6 +57,7 @@ def get_config(arg=None):
          "correction_gamma": 1.0, "correction_top_p": 0.4, "resolution": 240}
     )
     if not tiny:
+        c.init.backbones = P.imagenet(key_encoder=("resnet50", 3, "s16"), value_encoder=("resnet18", 5, "s16"))
         P.add_stage(c, "video", steps=226_000,
                     optim=P.optim(name="adam", lr=1e-5, weight_decay=5e-4),
                     data=P.data(P.davis_youtube_source(davis_repeats=5), sampler="cyclic",

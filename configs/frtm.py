@@ -11,6 +11,8 @@ backbone is frozen); Adam with lr 1e-3, betas (0.9, 0.999), weight decay
 1e-5 for ~10^6 iterations (120 epochs), then lr 1e-4 for 60 more epochs
 (~0.5 * 10^6 iterations). FRTM does not state the batch size; 16 is used.
 Inference: a sample per frame (memory of 80), w2 refitted every t_s = 8 frames.
+Init: ImageNet ResNet-50 / -18 (``init.backbones``; the frozen backbone may
+instead be LWL's Mask-RCNN ResNet-50: convert that file into the same folder).
 
 Variants: ``full`` (ResNet-50, default), ``fast`` (ResNet-18, fewer GN / CG
 iterations), ``tiny`` (CPU).
@@ -31,6 +33,7 @@ def get_config(arg=None):
     c.objective = ml_collections.ConfigDict({"name": "frtm"})
     c.inference = ml_collections.ConfigDict({"memory_policy": "frtm", "top_k": None})
     if not tiny:
+        c.init.backbones = P.imagenet(backbone=(c.model.backbone, 3, "s32"))
         P.add_stage(c, "video", steps=1_500_000,
                     optim=P.optim(name="adam", lr=1e-3, weight_decay=1e-5, schedule="piecewise",
                                   decay_steps=(1_000_000,), decay_factor=0.1, freeze=("^backbone/",)),

@@ -9,6 +9,8 @@ decoupling (eq. 10); 180K iterations, batch 20, Adam with initial lr 0.01
 divided by 5 after 40K, 80K, 115K and 165K iterations; the backbone is fixed
 for the first 90K iterations and trained afterwards. Inference: a template
 every 5 frames, at most 20, the first always kept.
+Init: ImageNet ResNet-50 (``init.backbones``; JOINT, built on LWL, may also
+start from LWL's Mask-RCNN ResNet-50: convert that file into the same folder).
 
 Variants: ``full`` (default), ``tiny`` (CPU).
 """
@@ -30,6 +32,7 @@ def get_config(arg=None):
         {"memory_policy": "joint", "mem_every": 5, "memory_frames": 20, "top_k": None}
     )
     if not tiny:
+        c.init.backbones = P.imagenet(backbone=(c.model.backbone, 3, "s32"))
         P.add_stage(c, "video", steps=180_000,
                     optim=P.optim(name="adam", lr=1e-2, schedule="piecewise",
                                   decay_steps=(40_000, 80_000, 115_000, 165_000), decay_factor=0.2,

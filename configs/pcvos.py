@@ -7,8 +7,16 @@ pseudo-videos, then per-clip training on DAVIS 2017 + YouTube-VOS: one
 labelled frame + 2 clips of N = 3 frames (7 frames), inter-clip gap 5 -> 15
 -> 5 over training, intra-clip gap <= 5; each clip is segmented at once with
 its own predictions as memory; loss = clip-level Dice + bootstrapped CE.
-PCVOS builds on STCN and does not print optimizer settings; the STCN regime
-is used (Adam lr 1e-5, weight decay 1e-7, batch 16, 300K iterations per stage).
+PCVOS sec. 4.1: "For a fair comparison, we mainly follow the original details
+of STCN"; it prints no optimizer settings and its code (github pkyong95/PCVOS)
+is inference only (no train.py / hyper_para.py), so STCN's code recipe is used
+(configs/stcn.py, github hkchengrex/STCN util/hyper_para.py:53-59, 74-80):
+static stage 300K iterations, batch 16 (8 per GPU x 2), lr 1e-5 x 0.1 at 150K;
+main stage 150K iterations, batch 8 (4 per GPU x 2), lr 1e-5 x 0.1 at 125K;
+Adam, weight decay 1e-7; two objects per sample; STCN's per-frame affine
+augmentation; bootstrapped CE per sample and frame. Init: ImageNet ResNet-50
+key and ResNet-18 value encoders (PCVOS model/modules.py:113,146, as STCN);
+``--config.init.from_scratch=True`` trains from random encoders.
 Inference: clips of L = 5 frames read the memory together (memory written at
 clip ends), top-k 20; progressive memory matching only for longer clips
 (``--config.inference.clip_length=15 --config.inference.segment_len=5``).
@@ -30,18 +38,23 @@ def get_config(arg=None):
     c.model = default_config(tiny=tiny)
     c.objective = ml_collections.ConfigDict(
         {"name": "pcvos", "num_clips": 2, "dice_weight": 1.0, "top_p": 0.15, "start_warm": 20_000,
-         "end_warm": 70_000}
+         "end_warm": 70_000, "bootstrap": "sample"}
     )
     c.inference = ml_collections.ConfigDict({"top_k": 20, "clip_length": 5, "memory_policy": "every_k"})
     if not tiny:
-        opt = P.optim(name="adam", lr=1e-5, weight_decay=1e-7)
-        P.add_stage(c, "static", steps=300_000, optim=opt,
+        c.init.backbones = P.imagenet(key_encoder=("resnet50", 3, "s16"), value_encoder=("resnet18", 5, "s16"))
+
+        def opt(decay_at):
+            return P.optim(name="adam", lr=1e-5, weight_decay=1e-7, schedule="piecewise",
+                           decay_steps=(decay_at,), decay_factor=0.1)
+
+        P.add_stage(c, "static", steps=300_000, optim=opt(150_000),
                     data=P.data(P.static_source(), sampler="static", num_frames=3, batch_size=16,
-                                crop_size=(384, 384), max_objects=3, num_workers=8))
-        P.add_stage(c, "video", steps=300_000, optim=opt,
+                                crop_size=(384, 384), max_objects=1, num_workers=8))
+        P.add_stage(c, "video", steps=150_000, optim=opt(125_000),
                     data=P.data(P.davis_youtube_source(), sampler="pcvos", clip_length=3,
-                                intra_clip_gap=5, batch_size=16, crop_size=(384, 384), max_objects=3,
-                                num_workers=8))
+                                intra_clip_gap=5, batch_size=8, crop_size=(384, 384), max_objects=2,
+                                num_workers=8, augment=P.stcn_video_augment()))
         c.eval.source = P.davis_source("val")
         c.eval.every_steps = 25_000
         c.checkpoint.every_steps = 5_000

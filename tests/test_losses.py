@@ -271,6 +271,49 @@ def test_bootstrapped_ce_matches_reference(shape, seed, p_static, p_traced):
                                ref_bootstrapped_ce(logits, labels, p_traced), rtol=2e-5, atol=1e-5)
 
 
+ce_sample_static = jax.jit(lambda x, y, p, v=None: L.bootstrapped_ce(x, y, p, v, per_sample=True),
+                           static_argnums=2)
+ce_sample_traced = jax.jit(lambda x, y, p: L.bootstrapped_ce(x, y, p, per_sample=True))
+
+
+def ref_bootstrapped_ce_per_sample(logits, labels, top_p, obj_valid=None):
+    """STCN's form: the hardest top_p of EACH sample's pixels, averaged over the samples (loops)."""
+    out = []
+    for b in range(logits.shape[0]):
+        valid = None if obj_valid is None else obj_valid[b:b + 1]
+        out.append(ref_bootstrapped_ce(logits[b:b + 1], labels[b:b + 1], top_p, valid))
+    return float(np.mean(out))
+
+
+@given(seed=seeds, p_static=st.sampled_from([1.0, 0.5, 0.15]), p_traced=st.floats(0.01, 1.0))
+def test_bootstrapped_ce_per_sample_matches_reference(seed, p_static, p_traced):
+    rng = np.random.default_rng(seed)
+    shape = CLS_SHAPES[0]
+    # samples of very different difficulty: the whole-batch form would keep mostly the hard one
+    logits = rng.normal(0, 3, shape) * np.array([0.2, 5.0]).reshape(2, 1, 1, 1)
+    labels = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    np.testing.assert_allclose(ce_sample_static(f32(logits), labels, p_static),
+                               ref_bootstrapped_ce_per_sample(logits, labels, p_static), rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(ce_sample_traced(f32(logits), labels, jnp.float32(p_traced)),
+                               ref_bootstrapped_ce_per_sample(logits, labels, p_traced), rtol=2e-5, atol=1e-5)
+
+
+def test_bootstrapped_ce_per_sample_differs_from_batch_and_masks_objects():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 4, 5, 6)) * np.array([0.1, 4.0]).reshape(2, 1, 1, 1)
+    labels = rng.choice([0, 1, 3], size=(2, 5, 6))
+    per = float(ce_sample_static(f32(logits), labels, 0.15))
+    whole = float(ce_static(f32(logits), labels, 0.15))
+    assert per == pytest.approx(ref_bootstrapped_ce_per_sample(logits, labels, 0.15), rel=1e-5)
+    assert abs(per - whole) > 0.1 * whole
+    valid = np.array([[True, False, True], [True, True, True]])
+    np.testing.assert_allclose(ce_sample_static(f32(logits), labels, 0.3, jnp.asarray(valid)),
+                               ref_bootstrapped_ce_per_sample(logits, labels, 0.3, valid), rtol=1e-5)
+    # the hybrid loss passes the option through to its CE term
+    t = L.hybrid_loss_terms(f32(logits), labels, 0.15, per_sample=True)
+    np.testing.assert_allclose(t["ce"], per, rtol=1e-6)
+
+
 def test_bootstrapped_ce_hand_values_and_obj_valid():
     # Uniform logits: every pixel has loss log C, whatever fraction is kept.
     logits = jnp.zeros((2, 4, 3, 5))

@@ -158,31 +158,37 @@ def bootstrapped_ce(
     labels: Int[Array, "B *spatial"],
     top_p: float | Float[Array, ""] = 1.0,
     obj_valid: Bool[Array, "B O"] | None = None,
+    per_sample: bool = False,
 ) -> Scalar:
     """Bootstrapped cross entropy (STCN): mean of the hardest ``top_p`` of pixels.
 
     Per pixel ``l_u = -log softmax(logits)_{labels_u}`` over the class axis 1.
-    With ``N`` pixels in the WHOLE batch and ``k = clip(round(top_p * N), 1, N)``,
-    the loss is the mean of the ``k`` largest ``l_u``; ``top_p = 1`` is the plain
-    mean cross entropy. ``top_p`` may be a traced scalar (e.g. from
-    :func:`bootstrap_p_schedule` inside a jitted step); then the losses are
-    sorted once instead of ``lax.top_k`` with a static ``k``, same result.
+    ``per_sample=False``: with ``N`` pixels in the WHOLE batch and
+    ``k = clip(round(top_p * N), 1, N)``, the loss is the mean of the ``k``
+    largest ``l_u``. ``per_sample=True`` (STCN, model/losses.py: the loss is
+    computed for each sample ``j`` and frame on its own and averaged over the
+    batch): with ``N`` pixels per sample, ``L = mean_b mean(top-k of l_{b,u})``.
+    ``top_p = 1`` is the plain mean cross entropy either way. ``top_p`` may be
+    a traced scalar (e.g. from :func:`bootstrap_p_schedule` inside a jitted
+    step); then the losses are sorted once instead of ``lax.top_k`` with a
+    static ``k``, same result.
 
     ``obj_valid`` (``O = C - 1``) removes padded object classes from the softmax
     (their logits are treated as -inf); labels must not name such a class.
     """
     fn = "bootstrapped_ce"
-    losses = _pixel_ce(fn, logits, labels, obj_valid).reshape(-1)
-    n = losses.shape[0]
+    pix = _pixel_ce(fn, logits, labels, obj_valid)
+    losses = pix.reshape(pix.shape[0], -1) if per_sample else pix.reshape(1, -1)
+    n = losses.shape[1]
     p = _static_fraction(fn, "top_p", top_p)
     if p is not None:
         k = min(max(int(round(p * n)), 1), n)
         return jnp.mean(losses) if k == n else jnp.mean(lax.top_k(losses, k)[0])
     top_p = jnp.asarray(top_p, losses.dtype)
     k = jnp.clip(jnp.round(top_p * n), 1, n)
-    ranked = -jnp.sort(-losses)
+    ranked = -jnp.sort(-losses, axis=1)
     keep = jnp.arange(n) < k
-    return jnp.sum(jnp.where(keep, ranked, 0.0)) / k
+    return jnp.mean(jnp.sum(jnp.where(keep, ranked, 0.0), axis=1) / k)
 
 
 def bootstrap_p_schedule(
@@ -491,6 +497,7 @@ def hybrid_loss_terms(
     labels: Int[Array, "B *spatial"],
     top_p: float | Float[Array, ""] = 1.0,
     obj_valid: Bool[Array, "B O"] | None = None,
+    per_sample: bool = False,
 ) -> dict[str, Scalar]:
     """The three terms of :func:`hybrid_loss`, ``{"ce", "ssim", "iou"}``, for logging."""
     fn = "hybrid_loss"
@@ -502,7 +509,7 @@ def hybrid_loss_terms(
     ids = jnp.arange(1, c).reshape((1, c - 1) + (1,) * (labels.ndim - 1))
     gt = (labels[:, None] == ids).astype(probs.dtype)
     return {
-        "ce": bootstrapped_ce(logits, labels, top_p),
+        "ce": bootstrapped_ce(logits, labels, top_p, per_sample=per_sample),
         "ssim": ssim_loss(probs, gt, valid=obj_valid),
         "iou": iou_loss(probs, gt, valid=obj_valid),
     }
@@ -514,11 +521,12 @@ def hybrid_loss(
     top_p: float | Float[Array, ""] = 1.0,
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     obj_valid: Bool[Array, "B O"] | None = None,
+    per_sample: bool = False,
 ) -> Scalar:
     """TrickVOS Trick 1 (eq. 1): ``l1 CE + l2 SSIM + l3 IoU``, all weights 1 by default.
 
     CE is :func:`bootstrapped_ce` over the ``C = O + 1`` classes (plain CE when
-    ``top_p = 1``); SSIM (:func:`ssim_loss`) and IoU (:func:`iou_loss`) compare
+    ``top_p = 1``; ``per_sample`` as there); SSIM (:func:`ssim_loss`) and IoU (:func:`iou_loss`) compare
     each object's softmax probability map (background excluded) with its
     binary ground truth ``[labels == k]``, per ``H x W`` map, averaged over the
     valid objects (``obj_valid``, ``O = C - 1``) and all other leading axes.
@@ -526,5 +534,5 @@ def hybrid_loss(
     """
     if len(weights) != 3:
         raise VosjaxError(f"hybrid_loss: 'weights' must be (ce, ssim, iou), got {weights!r}.")
-    terms = hybrid_loss_terms(logits, labels, top_p, obj_valid)
+    terms = hybrid_loss_terms(logits, labels, top_p, obj_valid, per_sample)
     return weights[0] * terms["ce"] + weights[1] * terms["ssim"] + weights[2] * terms["iou"]

@@ -199,7 +199,9 @@ def get_method(name: Any, what: str = "method") -> Method:
 
 # -- the built-in methods ---------------------------------------------------------------------
 # Gap curricula (fraction of training at which each max gap ends).
-_STCN_GAPS: Schedule = ((0.1, 10), (0.2, 15), (0.3, 20), (0.4, 25), (1.0, 5))
+# STCN train.py:123-155, 177-183: max skip 5 at the start, then 10 / 15 / 20 / 25 from
+# 10 / 20 / 30 / 40 % of training, back to 5 from 90 %.
+_STCN_GAPS: Schedule = ((0.1, 5), (0.2, 10), (0.3, 15), (0.4, 20), (0.9, 25), (1.0, 5))
 _CYCLIC_GAPS: Schedule = tuple(((k + 1) / 12, 5 * (k + 1)) for k in range(12))
 _PCVOS_GAPS: Schedule = ((0.1, 5), (0.25, 10), (0.6, 15), (0.8, 10), (1.0, 5))
 

@@ -116,3 +116,63 @@ def test_crop_stays_inside_the_frame_and_configs_are_checked():
     with pytest.raises(VosjaxError, match="labels"):
         apply_clip_transform(tf, np.zeros((2, 4, 4, 3), np.uint8), np.zeros((2, 4, 5), np.uint8))
     assert isinstance(tf, ClipTransform)
+
+
+def _np_frame_affine_sample(label, angle_deg, shear_deg):
+    """Reference: forward-map every output pixel centre back by inverting x' = c + R Sh (x - c), nearest."""
+    H, W = label.shape
+    a, s = math.radians(angle_deg), math.tan(math.radians(shear_deg))
+    fwd = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ np.array([[1, s], [0, 1]])
+    inv = np.linalg.inv(fwd)
+    out = np.zeros_like(label)
+    for i in range(H):
+        for j in range(W):
+            x, y = inv @ np.array([j + 0.5 - W / 2, i + 0.5 - H / 2]) + np.array([W / 2, H / 2])
+            jj, ii = int(math.floor(x)), int(math.floor(y))
+            if 0 <= ii < H and 0 <= jj < W:
+                out[i, j] = label[ii, jj]
+    return out
+
+
+def test_per_frame_affine_differs_per_frame_and_matches_reference():
+    rng = np.random.default_rng(5)
+    T, H, W = 4, 24, 32
+    base = np.zeros((H, W), np.uint8)
+    base[6:18, 8:20] = 1
+    base[10:14, 22:28] = 2
+    labels = np.repeat(base[None], T, 0)
+    frames = np.repeat(np.where(base[..., None] > 0, 200, 30).astype(np.uint8).repeat(3, -1)[None], T, 0)
+    cfg = AugmentConfig(**{**NONE.__dict__, "frame_rotation_deg": 15.0, "frame_shear_deg": 10.0})
+    tf = sample_clip_transform(rng, (H, W), (H, W), cfg, num_frames=T)
+    assert tf.frame_matrices.shape == (T, 3, 3)
+    f, lab = apply_clip_transform(tf, frames, labels)
+    # each frame moved on its own: no two frames alike, none equal to the input
+    assert all(not np.array_equal(lab[t], base) for t in range(T))
+    assert len({lab[t].tobytes() for t in range(T)}) == T
+    # the drawn frame matrix is a rotation + x-shear about the centre within the ranges
+    for t in range(T):
+        fwd = np.linalg.inv(tf.frame_matrices[t])[:2, :2]
+        angle = math.degrees(math.atan2(fwd[1, 0], fwd[0, 0]))
+        shear = math.degrees(math.atan((fwd[0, 1] * math.cos(math.radians(angle))
+                                        + fwd[1, 1] * math.sin(math.radians(angle)))))
+        assert abs(angle) <= 15.0 + 1e-6 and abs(shear) <= 10.0 + 1e-6
+        ref = _np_frame_affine_sample(base, angle, shear)
+        # nearest sampling: only pixels whose source sits on a pixel edge may differ
+        assert (lab[t] != ref).mean() < 0.01
+    # labels and frames stay aligned (one warp for both; bilinear frames blur the edges only)
+    assert ((f[..., 0] > 115) != (lab > 0)).mean() < 0.03
+
+
+def test_per_frame_affine_off_draws_nothing_more():
+    cfg = AugmentConfig()
+    a = sample_clip_transform(np.random.default_rng(7), (30, 40), (16, 16), cfg, num_frames=3)
+    rng_b = np.random.default_rng(7)
+    b = sample_clip_transform(rng_b, (30, 40), (16, 16), cfg)
+    assert a.frame_matrices is None and b.frame_matrices is None
+    np.testing.assert_array_equal(a.matrix, b.matrix)
+    with pytest.raises(VosjaxError, match="frame_shear_deg"):
+        AugmentConfig(frame_shear_deg=-1.0)
+    on = AugmentConfig(frame_rotation_deg=15.0)
+    tf = sample_clip_transform(np.random.default_rng(0), (30, 40), (16, 16), on, num_frames=3)
+    with pytest.raises(VosjaxError, match="per-frame affines"):
+        apply_clip_transform(tf, np.zeros((2, 30, 40, 3), np.uint8), np.zeros((2, 30, 40), np.uint8))

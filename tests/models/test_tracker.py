@@ -224,3 +224,20 @@ def test_errors(params):
     cfg.hidden = 0
     with pytest.raises(VosjaxError, match="hidden"):
         tracker.init_tracker(jax.random.key(0), cfg)
+
+
+def test_tracker_bundle_with_non_default_shape_loads_its_shape(tmp_path):
+    """A tracker run stores its MLP shape under ``model`` (configs/tracker.py); the engine reads it back."""
+    from vosjax.checkpoint import export_bundle
+    from vosjax.inference.config import EngineConfig
+    from vosjax.inference.segmenter import _tracker_motion_fn
+
+    cfg = tracker.default_config()
+    cfg.name = "tracker"
+    cfg.num_layers, cfg.hidden, cfg.motion_scale = 3, 16, 8.0
+    variables = tracker.init_tracker(jax.random.key(3), cfg)
+    assert sorted(variables["params"]) == ["dense0", "dense1", "dense2"]
+    bundle = export_bundle(tmp_path / "bundle", {"model": cfg.to_dict()}, variables)
+    fn = _tracker_motion_fn(EngineConfig(box_filter="pt", tracker=str(bundle)), None)
+    t = np.random.default_rng(1).normal(scale=5.0, size=(2, 4)).astype(np.float32)
+    np.testing.assert_allclose(fn(jnp.asarray(t)), np_mlp(variables, t, scale=8.0), rtol=1e-5, atol=1e-4)

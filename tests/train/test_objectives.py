@@ -52,9 +52,14 @@ def np_aggregate(z, valid):
     return agg, probs
 
 
-def np_boot_ce(agg, labels, valid, top_p):
-    """Mean of the hardest ceil-round(top_p * N) pixel CE values; invalid classes excluded."""
+def np_boot_ce(agg, labels, valid, top_p, per_sample=False):
+    """Mean of the hardest round(top_p * N) pixel CE values; invalid classes excluded.
+
+    ``per_sample``: ranked within each sample, averaged over the batch (STCN model/losses.py).
+    """
     B = agg.shape[0]
+    if per_sample:
+        return np.mean([np_boot_ce(agg[b:b + 1], labels[b:b + 1], valid[b:b + 1], top_p) for b in range(B)])
     vals = []
     for b in range(B):
         keep = np.concatenate([[True], valid[b]])
@@ -168,15 +173,17 @@ def check_against(model, ref_fn, loss, grads, rtol=1e-4):
 # ----------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("top_p", [1.0, 0.3])
-def test_stcn_objective_matches_reference(toy_model, batch_factory, top_p):
+@pytest.mark.parametrize("top_p,bootstrap", [(1.0, "sample"), (0.3, "sample"), (0.3, "batch")])
+def test_stcn_objective_matches_reference(toy_model, batch_factory, top_p, bootstrap):
     batch = batch_factory(0)
     # start_warm = end_warm = 0: p = top_p from step 0
-    loss, metrics, grads = run(toy_model, "stcn", batch, step=5, top_p=top_p, start_warm=0, end_warm=0)
+    loss, metrics, grads = run(toy_model, "stcn", batch, step=5, top_p=top_p, start_warm=0, end_warm=0,
+                               bootstrap=bootstrap)
 
     def ref(prm):
         out, _, _ = np_rollout(prm, batch, [[1], [2]])
-        return np.mean([np_boot_ce(agg, batch["labels"][:, t], batch["obj_valid"], top_p) for t, agg, _ in out])
+        return np.mean([np_boot_ce(agg, batch["labels"][:, t], batch["obj_valid"], top_p,
+                                   per_sample=bootstrap == "sample") for t, agg, _ in out])
 
     check_against(toy_model, ref, loss, grads)
     assert metrics["top_p"] == pytest.approx(top_p)
@@ -188,7 +195,8 @@ def test_stcn_bootstrap_warmup_follows_step(toy_model, batch_factory):
     for step, p in [(0, 1.0), (15, 0.575), (40, 0.15)]:
         loss, metrics, _ = run(toy_model, "stcn", batch, step=step, top_p=0.15, start_warm=10, end_warm=20)
         assert metrics["top_p"] == pytest.approx(p, abs=1e-6)
-        ref = np.mean([np_boot_ce(a, batch["labels"][:, t], batch["obj_valid"], p) for t, a, _ in out])
+        ref = np.mean([np_boot_ce(a, batch["labels"][:, t], batch["obj_valid"], p, per_sample=True)
+                       for t, a, _ in out])
         np.testing.assert_allclose(loss, ref, rtol=1e-4)
 
 

@@ -4,7 +4,11 @@ Geometry: a random crop (area fraction and aspect ratio of the source frame),
 rotated, sheared and optionally mirrored, resampled to the output size in ONE
 backward affine warp per frame (bilinear for frames, nearest for label maps:
 the same coordinates, so masks stay aligned; corners outside the frame are
-black background). Colour: a linear map per clip,
+black background). Optionally (``frame_rotation_deg`` / ``frame_shear_deg`` >
+0, off by default) every frame gets its own random rotation and shear about
+the centre of the output on top of the clip's (STCN's per-frame
+``RandomAffine(degrees=15, shear=10)``, dataset/vos_dataset.py:53-59, applied
+after the clip-level crop); it is folded into the same single warp. Colour: a linear map per clip,
 ``x' = b * (c * M x + (1 - c) * mean_gray(M x))`` with ``M`` = hue rotation about
 the gray axis and saturation blend towards gray, ``c`` contrast and ``b``
 brightness, plus optional Gaussian noise.
@@ -22,7 +26,7 @@ from PIL import Image, ImageStat
 from vosjax.data.geometry import crop_affine, warp_affine
 from vosjax.errors import VosjaxError
 
-__all__ = ["AugmentConfig", "ClipTransform", "sample_clip_transform", "apply_clip_transform"]
+__all__ = ["AugmentConfig", "ClipTransform", "apply_clip_transform", "frame_affine", "sample_clip_transform"]
 
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -41,6 +45,8 @@ class AugmentConfig:
     saturation: float = 0.15
     hue_deg: float = 5.0
     noise_std: float = 0.0  # in 0..255 units
+    frame_rotation_deg: float = 0.0  # per-frame rotation in [-r, r] on top of the clip's (0: off)
+    frame_shear_deg: float = 0.0  # per-frame x-shear in [-s, s] on top of the clip's (0: off)
 
     def __post_init__(self):
         a, b = self.crop_scale
@@ -66,6 +72,8 @@ class AugmentConfig:
             "saturation",
             "hue_deg",
             "noise_std",
+            "frame_rotation_deg",
+            "frame_shear_deg",
         ):
             if getattr(self, f) < 0:
                 raise VosjaxError(f"AugmentConfig: '{f}' must be >= 0, got {getattr(self, f)}.")
@@ -87,6 +95,7 @@ class ClipTransform:
     brightness: float
     noise_std: float
     flip: bool
+    frame_matrices: np.ndarray | None = None  # [T, 3, 3] per-frame backward affines (output -> output)
 
 
 def _hue_rotation(deg: float) -> np.ndarray:
@@ -97,13 +106,36 @@ def _hue_rotation(deg: float) -> np.ndarray:
     return np.eye(3) + math.sin(a) * K + (1 - math.cos(a)) * (K @ K)
 
 
+def frame_affine(out_hw: tuple[int, int], angle_deg: float, shear_deg: float) -> np.ndarray:
+    """Backward map (output -> output coordinates) of ``x' = c + R(angle) Shear_x(shear) (x - c)``.
+
+    ``c`` is the centre of the ``out_hw`` image, ``Shear_x = [[1, tan(shear)], [0, 1]]``;
+    the forward map is built and inverted, so the frame is rotated / sheared by
+    exactly the drawn angles (as torchvision's ``RandomAffine`` does about the centre).
+    """
+    H, W = out_hw
+    c = np.array([[1.0, 0.0, W / 2.0], [0.0, 1.0, H / 2.0], [0, 0, 1]])
+    a = math.radians(angle_deg)
+    rot = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0, 0, 1]])
+    sh = np.array([[1.0, math.tan(math.radians(shear_deg)), 0.0], [0.0, 1.0, 0.0], [0, 0, 1]])
+    forward = c @ rot @ sh @ np.linalg.inv(c)
+    return np.linalg.inv(forward)
+
+
 def sample_clip_transform(
     rng: np.random.Generator,
     src_hw: tuple[int, int],
     out_hw: tuple[int, int],
     cfg: AugmentConfig = AugmentConfig(),
+    num_frames: int | None = None,
 ) -> ClipTransform:
-    """Draw one clip transform for frames of size ``src_hw`` resampled to ``out_hw``."""
+    """Draw one clip transform for frames of size ``src_hw`` resampled to ``out_hw``.
+
+    With a per-frame affine in ``cfg`` (``frame_rotation_deg`` / ``frame_shear_deg``),
+    ``num_frames`` per-frame rotations and shears are drawn after the clip's
+    (uniform in ``[-r, r]`` / ``[-s, s]``); without one nothing more is drawn,
+    so the random stream is the clip-only one.
+    """
     Hs, Ws = float(src_hw[0]), float(src_hw[1])
     Ho, Wo = int(out_hw[0]), int(out_hw[1])
     area = rng.uniform(*cfg.crop_scale) * Hs * Ws
@@ -123,6 +155,12 @@ def sample_clip_transform(
     hue = rng.uniform(-1, 1) * cfg.hue_deg
     sat = s * np.eye(3) + (1 - s) * np.outer(np.ones(3), _GRAY)
     colour = (sat @ _hue_rotation(hue)).astype(np.float32)
+    frame_m = None
+    if num_frames is not None and (cfg.frame_rotation_deg > 0 or cfg.frame_shear_deg > 0):
+        draws = rng.uniform(-1, 1, size=(int(num_frames), 2))
+        frame_m = np.stack([
+            frame_affine((Ho, Wo), a * cfg.frame_rotation_deg, s_ * cfg.frame_shear_deg) for a, s_ in draws
+        ])
     return ClipTransform(
         out_hw=(Ho, Wo),
         matrix=m,
@@ -133,6 +171,7 @@ def sample_clip_transform(
         brightness=float(1.0 + rng.uniform(-1, 1) * cfg.brightness),
         noise_std=float(cfg.noise_std),
         flip=flip,
+        frame_matrices=frame_m,
     )
 
 
@@ -142,7 +181,11 @@ def apply_clip_transform(
     labels: UInt8[np.ndarray, "T H W"],
     rng: np.random.Generator | None = None,
 ) -> tuple[UInt8[np.ndarray, "T h w 3"], UInt8[np.ndarray, "T h w"]]:
-    """Warp and recolour every frame of a clip with one transform; labels are warped nearest."""
+    """Warp and recolour every frame of a clip with one transform; labels are warped nearest.
+
+    Frame ``t`` is sampled at ``matrix @ frame_matrices[t]`` where the transform has
+    per-frame affines (one warp: the clip's crop and the frame's rotation / shear).
+    """
     fr = np.asarray(frames)
     lb = np.asarray(labels)
     if fr.ndim != 4 or fr.shape[-1] != 3 or lb.shape != fr.shape[:3]:
@@ -152,11 +195,16 @@ def apply_clip_transform(
         )
     out_f = np.empty((fr.shape[0], *tf.out_hw, 3), np.uint8)
     out_l = np.empty((fr.shape[0], *tf.out_hw), np.uint8)
-    m = tf.matrix
+    if tf.frame_matrices is not None and len(tf.frame_matrices) != fr.shape[0]:
+        raise VosjaxError(
+            f"apply_clip_transform: the transform has {len(tf.frame_matrices)} per-frame affines for "
+            f"{fr.shape[0]} frames; draw it with num_frames={fr.shape[0]}."
+        )
     size = (int(tf.out_hw[1]), int(tf.out_hw[0]))
-    data = (m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
     gain = tf.brightness * tf.contrast * tf.colour.astype(np.float64)  # [3, 3]
     for t in range(fr.shape[0]):
+        m = tf.matrix if tf.frame_matrices is None else tf.matrix @ tf.frame_matrices[t]
+        data = (m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
         im = Image.fromarray(np.ascontiguousarray(fr[t])).transform(
             size, Image.AFFINE, data, resample=Image.BILINEAR
         )
@@ -172,5 +220,5 @@ def apply_clip_transform(
             noisy = x.astype(np.float32) + rng.normal(0, tf.noise_std, x.shape).astype(np.float32)
             x = np.clip(np.rint(noisy), 0, 255)
         out_f[t] = x
-        out_l[t] = warp_affine(lb[t], tf.matrix, tf.out_hw, nearest=True)
+        out_l[t] = warp_affine(lb[t], m, tf.out_hw, nearest=True)
     return out_f, out_l

@@ -181,7 +181,7 @@ def make_sample(
             frames = video.frames[idx]
             labels = video.masks[idx]
         for _ in range(cfg.max_tries):
-            tf = sample_clip_transform(rng, frames.shape[1:3], cfg.crop_size, cfg.augment)
+            tf = sample_clip_transform(rng, frames.shape[1:3], cfg.crop_size, cfg.augment, frames.shape[0])
             f_aug, l_aug = apply_clip_transform(tf, frames, labels, rng)
             counts = np.bincount(l_aug[0].ravel(), minlength=256)  # uint8 ids: O(pixels)
             counts[0] = 0

@@ -122,8 +122,10 @@ def _tracker_motion_fn(config: EngineConfig, variables: Any) -> MotionFn:
     """The PT tracker from ``config.tracker`` (a bundle folder) or ``variables["tracker"]``.
 
     A tracker bundle holds the tracker's variables (``{"params": ...}``, or
-    under ``"tracker"``); its run config's ``tracker`` section, if any, gives
-    the MLP's shape (:func:`vosjax.models.tracker.default_config` otherwise).
+    under ``"tracker"``); the MLP's shape comes from its run config: the
+    ``model`` section of a tracker run (configs/tracker.py, ``model.name ==
+    "tracker"``), else a ``tracker`` section, else
+    :func:`vosjax.models.tracker.default_config`.
     """
     from vosjax.models import tracker as tracker_mod
 
@@ -133,10 +135,7 @@ def _tracker_motion_fn(config: EngineConfig, variables: Any) -> MotionFn:
 
         tvars, run_config = load_variables(config.tracker)
         params = tvars.get("tracker", tvars)
-        try:
-            tracker_config = run_config["tracker"]
-        except (KeyError, TypeError):
-            tracker_config = None
+        tracker_config = _tracker_shape(run_config)
     elif isinstance(variables, dict) and "tracker" in variables:
         params = variables["tracker"]
     else:
@@ -145,6 +144,19 @@ def _tracker_motion_fn(config: EngineConfig, variables: Any) -> MotionFn:
             "folder, or export it with the model as variables['tracker']; or use box_filter='cv'."
         )
     return tracker_mod.make_motion_fn(params, tracker_config)
+
+
+def _tracker_shape(run_config: Any) -> Any:
+    """The tracker section of a tracker bundle's run config (None: the default shape)."""
+    for key in ("model", "tracker"):
+        try:
+            section = run_config[key]
+        except (KeyError, TypeError, AttributeError):
+            continue
+        name = section.get("name", "tracker") if hasattr(section, "get") else None
+        if name == "tracker":
+            return section
+    return None
 
 
 class ObjectTable:

@@ -10,7 +10,10 @@ class logits and ``y_t`` the label map of frame ``t``, and ``Q`` the query
 frames:
 
 ``stcn``
-    ``L = mean_{t in Q} BCE_p(C_t, y_t)`` (bootstrapped cross entropy, STCN).
+    ``L = mean_{t in Q} BCE_p(C_t, y_t)`` (bootstrapped cross entropy, STCN;
+    the hardest pixels are kept per sample and frame as in STCN's
+    model/losses.py, ``bootstrap="batch"`` ranks the whole batch; the same
+    option holds for ``trickvos`` and ``pcvos``).
 ``trickvos``
     ``L = mean_{t in Q} [w_ce BCE_p + w_ssim (1 - SSIM) + w_iou L_IoU]``
     (TrickVOS Trick 1, eq. 1, all weights 1), SSIM / IoU on each object's
@@ -74,11 +77,24 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class STCNOptions:
-    """Bootstrapped CE (STCN): ``top_p`` of the pixels after ``end_warm`` steps."""
+    """Bootstrapped CE (STCN): ``top_p`` of the pixels after ``end_warm`` steps.
+
+    ``bootstrap``: ``"sample"`` keeps the top pixels of each sample and frame
+    (STCN model/losses.py, LossComputer.compute: one BootstrappedCE call per
+    sample ``j`` and frame ``i``); ``"batch"`` ranks the pixels of the whole batch.
+    """
 
     top_p: float = 0.15
     start_warm: int = 20_000
     end_warm: int = 70_000
+    bootstrap: str = "sample"
+
+    def __post_init__(self) -> None:
+        if self.bootstrap not in ("sample", "batch"):
+            raise VosjaxError(
+                f"objective: 'bootstrap' must be 'sample' (per sample and frame, STCN) or 'batch' "
+                f"(whole batch), got {self.bootstrap!r}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +131,10 @@ def _gt(prep, frames: list[int]):
     return take_frames(prep.labels, frames, 1), take_frames(prep.masks, frames, 2)
 
 
-def _per_frame_ce(agg: Array, labels: Array, p: Array, obj_valid: Array) -> Array:
+def _per_frame_ce(agg: Array, labels: Array, p: Array, obj_valid: Array, per_sample: bool = False) -> Array:
     n = agg.shape[2]
-    return sum(losses.bootstrapped_ce(agg[:, :, i], labels[:, i], p, obj_valid) for i in range(n)) / n
+    return sum(losses.bootstrapped_ce(agg[:, :, i], labels[:, i], p, obj_valid, per_sample)
+               for i in range(n)) / n
 
 
 def _check_frames(fn: str, prep, minimum: int) -> int:
@@ -138,7 +155,7 @@ def stcn_objective(
     r = rollout(model, variables, prep, [[t] for t in range(1, T)], options=TRAIN_OPTIONS)
     labels, masks = _gt(prep, r.frames)
     p = _p(options, step)
-    ce = _per_frame_ce(r.agg, labels, p, prep.obj_valid)
+    ce = _per_frame_ce(r.agg, labels, p, prep.obj_valid, options.bootstrap == "sample")
     return ce, {"ce": ce, "top_p": p, "iou": hard_iou(r.probs, masks, prep.obj_valid)}
 
 
@@ -156,7 +173,8 @@ def trickvos_objective(
     terms = {"ce": 0.0, "ssim": 0.0, "iou_loss": 0.0}
     n = len(r.frames)
     for i in range(n):
-        t = losses.hybrid_loss_terms(r.agg[:, :, i], labels[:, i], p, prep.obj_valid)
+        t = losses.hybrid_loss_terms(r.agg[:, :, i], labels[:, i], p, prep.obj_valid,
+                                     options.bootstrap == "sample")
         terms["ce"] += t["ce"] / n
         terms["ssim"] += t["ssim"] / n
         terms["iou_loss"] += t["iou"] / n
@@ -250,7 +268,7 @@ def pcvos_objective(
     r = rollout(model, variables, prep, groups, options=TRAIN_OPTIONS)
     labels, masks = _gt(prep, r.frames)
     p = _p(options, step)
-    ce = _per_frame_ce(r.agg, labels, p, prep.obj_valid)
+    ce = _per_frame_ce(r.agg, labels, p, prep.obj_valid, options.bootstrap == "sample")
     dice = 0.0
     for c in range(options.num_clips):
         sl = slice(c * n, (c + 1) * n)

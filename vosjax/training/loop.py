@@ -45,6 +45,7 @@ from vosjax.training import evaluation
 from vosjax.training.metric_writer import MetricWriter
 from vosjax.training.optim import make_optimizer
 from vosjax.training.schema import data_pipeline_config, stage_list
+from vosjax.training.weights import check_backbones
 from vosjax.training.state import (
     abstract_state,
     build_model,
@@ -133,6 +134,7 @@ class Run:
         latest = self.ckpt.latest_step()
         first = data_pipeline_config(self.stages[0][1], self.stages[0][1].steps)
         if latest is None:
+            check_backbones(self.config, self.model)  # before any data is read or compiled
             variables = init_variables(self.model, self.config, first, self.log)
         else:
             self.resume_json = self.ckpt.restore_json(latest)

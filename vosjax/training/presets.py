@@ -11,7 +11,10 @@ Config files stay short and read like the papers' training recipes::
 Paths of real datasets default to ``data/DAVIS``, ``data/YouTube`` and
 ``data/static`` below the working directory; override them on the command
 line (``--config.stages.video.data.source.sources.0.root=/path``), or point
-``VOSJAX_DATA`` at the folder holding them.
+``VOSJAX_DATA`` at the folder holding them. The full configs start from
+converted ImageNet encoders under ``$VOSJAX_DATA/weights`` (:func:`imagenet`;
+training stops at once, with the commands that make them, where they are
+missing; ``--config.init.from_scratch=True`` trains from random encoders).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import ml_collections
 
 from vosjax.training.optim import default_optim
 from vosjax.training.schema import SECTION_DEFAULTS
+from vosjax.training.weights import imagenet_backbones
 
 __all__ = [
     "add_stage",
@@ -31,6 +35,8 @@ __all__ = [
     "data_root",
     "davis_source",
     "davis_youtube_source",
+    "imagenet",
+    "stcn_video_augment",
     "optim",
     "static_source",
     "synthetic_source",
@@ -42,6 +48,29 @@ __all__ = [
 def data_root(name: str) -> str:
     """``$VOSJAX_DATA/<name>`` (default ``data/<name>``)."""
     return os.path.join(os.environ.get("VOSJAX_DATA", "data"), name)
+
+
+def imagenet(**backbones: tuple[str, int, str]) -> dict[str, str]:
+    """``init.backbones`` of converted ImageNet encoders: ``name=(arch, in_channels, stop_at)``.
+
+    E.g. ``imagenet(key_encoder=("resnet50", 3, "s16"))`` ->
+    ``{"key_encoder": "$VOSJAX_DATA/weights/resnet50_imagenet_s16"}``
+    (:func:`vosjax.training.weights.backbone_folder`).
+    """
+    return imagenet_backbones(backbones)
+
+
+def stcn_video_augment() -> dict:
+    """STCN's video-stage augmentation (dataset/vos_dataset.py:49-87) as :class:`AugmentConfig` fields.
+
+    Per clip: mirror, a random resized crop of 0.36-1 of the frame area,
+    ``ColorJitter(0.1, 0.03, 0.03, 0)``; per frame on top: ``RandomAffine(degrees=15,
+    shear=10)`` (no clip-level rotation / shear). STCN also jitters colour by 0.01
+    per frame and turns 5 % of clips gray; those two are not modelled here.
+    """
+    return {"crop_scale": (0.36, 1.0), "rotation_deg": 0.0, "shear_deg": 0.0, "flip_prob": 0.5,
+            "brightness": 0.1, "contrast": 0.03, "saturation": 0.03, "hue_deg": 0.0,
+            "frame_rotation_deg": 15.0, "frame_shear_deg": 10.0}
 
 
 def base(seed: int = 0) -> ml_collections.ConfigDict:

@@ -17,7 +17,10 @@ stages          one sub-section per training stage (e.g. ``static`` and
 stage_order     the stage names in run order (ConfigDict sorts its keys, so
                 the order is spelled out); may be omitted with one stage
 init            ``backbones``: {backbone name of ``model.backbone_paths()``: folder
-                of a converted ImageNet backbone}; ``checkpoint``: a bundle
+                of a converted ImageNet backbone} (the full configs name them;
+                a missing folder stops the run at once with the commands that
+                make it, :mod:`vosjax.training.weights`); ``from_scratch``:
+                True trains from random encoders, ignoring ``backbones``; ``checkpoint``: a bundle
                 folder (or a run workdir holding ``bundle/``) to copy variables
                 from; ``include``: regexes over variable paths
                 ``"collection/module/.../leaf"`` choosing what to copy (empty:
@@ -61,7 +64,7 @@ __all__ = [
 ]
 
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "init": {"backbones": {}, "checkpoint": "", "include": ()},
+    "init": {"backbones": {}, "from_scratch": False, "checkpoint": "", "include": ()},
     "eval": {"every_steps": 0, "at_end": True, "source": {}, "max_videos": 0, "baseline": True},
     "checkpoint": {"every_steps": 1000, "keep": 3, "keep_best": 1, "best_metric": "J&F-Mean"},
     "log": {"every_steps": 50, "progress": True},

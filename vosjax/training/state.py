@@ -8,7 +8,8 @@ The state is a plain dict pytree (what Orbax saves and the mesh shards)::
 Initialisation (:func:`init_variables`): ``model.init`` on a zero example of
 the stage's batch shape (seeded by ``config.seed``), then
 
-1. ImageNet backbones (``config.init.backbones``): for each ``name -> folder``,
+1. ImageNet backbones (``config.init.backbones``, unless ``init.from_scratch``;
+   :func:`vosjax.training.weights.check_backbones`): for each ``name -> folder``,
    the converted backbone (``tools/convert_torch_weights.py``;
    :func:`vosjax.models.torch_import.load_backbone_checkpoint`) replaces the
    variables at ``model.backbone_paths()[name]`` (``params`` and
@@ -42,6 +43,7 @@ import optax
 from vosjax import methods
 from vosjax.errors import VosjaxError
 from vosjax.objectives.common import prepare_batch
+from vosjax.training.weights import check_backbones
 
 __all__ = [
     "abstract_state",
@@ -219,7 +221,7 @@ def init_variables(model: Any, config: Any, data_cfg: Any, log: Callable[[str], 
     frames, masks, valid = example_inputs(data_cfg)
     variables = dict(jax.jit(model.init)(rng, frames, masks, valid))
     init = config.get("init", {}) or {}
-    backbones = dict(init.get("backbones", {}) or {})
+    backbones = check_backbones(config, model)  # {} with init.from_scratch
     if backbones:
         variables = load_backbones(model, variables, backbones)
         log(f"init: ImageNet backbones {', '.join(f'{k} <- {v}' for k, v in backbones.items())}")
