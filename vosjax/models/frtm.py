@@ -36,7 +36,9 @@ Objects are independent: target models and sample memories are vmapped over
 
 First-frame augmentation draws its transforms from a fixed key
 (``config.seed``), the same for every video and object, so a run is
-deterministic and the 5 augmented images are encoded once per video.
+deterministic; each object's 5 augmented images (its target cut out, the
+background inpainted, the target pasted back: vosjax.learners.frtm_samples)
+are encoded per object.
 """
 
 from __future__ import annotations
@@ -363,14 +365,15 @@ class FRTM(BackboneSegnetModel):
         if s.augment:
             aug = jax.vmap(jax.vmap(tm.augment_first_frame, (None, 0, None)), (0, 0, None))
             images, masks5 = aug(frame.astype(jnp.float32), masks.astype(jnp.float32), key_aug)
-            images = images[:, 0]  # the image warps depend on the key only: equal for all objects
-            b, n = images.shape[:2]
+            # each object's augmented images differ (its target is cut out and pasted back),
+            # so they are encoded per object, as the authors' Tracker.initialize does
+            b, o, n = images.shape[:3]
             x5 = self.net.apply(
                 variables,
-                images.reshape((b * n,) + images.shape[2:]).astype(frame.dtype),
+                images.reshape((b * o * n,) + images.shape[3:]).astype(frame.dtype),
                 method=_FRTMNet.features,
             )["s16"]
-            x5 = x5.reshape((b, n) + x5.shape[1:]).astype(jnp.float32)
+            x5 = x5.reshape((b, o, n) + x5.shape[1:]).astype(jnp.float32)
         else:
             x5, masks5 = x[:, None], masks[:, :, None]
         y5 = self._labels(masks5, grid)  # [B, O, K0, h', w']
@@ -387,8 +390,12 @@ class FRTM(BackboneSegnetModel):
                 **self._solver(),
             )
 
-        target = _bo(fit_one, (None, 0))(x5, y5)
-        proj = jnp.einsum("bnhwc,boce->bonhwe", x5, target["w1"][:, :, 0, 0])
+        if s.augment:
+            target = _bo(fit_one, (0, 0))(x5, y5)
+            proj = jnp.einsum("bonhwc,boce->bonhwe", x5, target["w1"][:, :, 0, 0])
+        else:
+            target = _bo(fit_one, (None, 0))(x5, y5)
+            proj = jnp.einsum("bnhwc,boce->bonhwe", x5, target["w1"][:, :, 0, 0])
         samples = _bo(lambda f, y: tm.memory_init(f, y, self.memory_frames), (0, 0))(proj, y5)
         return target, samples
 
