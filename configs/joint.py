@@ -2,17 +2,31 @@
 
     python -m vosjax.train --config configs/joint.py --workdir runs/joint
 
-Training (JOINT sec. 3.6, 4.1): mini-sequences of N = 4 frames from 100-frame
-segments of YouTube-VOS + DAVIS train, the memory updated every frame and the
-induction learner fitted inside the step; loss = Lovasz + 0.01 cosine
-decoupling (eq. 10); 180K iterations, batch 20, Adam with initial lr 0.01
-divided by 5 after 40K, 80K, 115K and 165K iterations; the backbone is fixed
-for the first 90K iterations and trained afterwards. Inference: a template
-every 5 frames, at most 20, the first always kept.
+Training as the authors' code (JOINT ``ltr/train_settings/joint/joint_stage1.py`` and
+``joint_stage2.py``; the paper's text says Adam with initial lr 0.01, which is not what
+the code ran): mini-sequences of 1 + 3 frames (max gap 100) of YouTube-VOS 2019 + DAVIS
+2017 train (6 : 1), batch 20, loss = 100 Lovasz + 1 cosine decoupling (= Lovasz + 0.01
+cosine, eq. 10); the learner runs 5 steepest-descent steps on the first frame and 2
+per update in training (model ``train_learner_iters_*``). Two stages of 90 epochs x
+1000 iterations, Adam (betas 0.9, 0.999, no weight decay):
+
 Init: ImageNet ResNet-50 (``init.backbones``; JOINT, built on LWL, may also
 start from LWL's Mask-RCNN ResNet-50: convert that file into the same folder).
 
-Variants: ``full`` (default), ``tiny`` (CPU).
+- ``video`` (stage 1, backbone frozen): per-part lrs learner initialiser 5e-5, learner
+  (its regulariser) 1e-4, induction features 2e-5, decoder 1e-4, label encoder 2e-4,
+  transformer (with its feature conv) 2e-5; MultiStepLR x0.2 at epochs 40, 80.
+- ``video_full`` (stage 2, backbone conv1 / layer1 frozen, layer2-4 trained): every part
+  2e-5; x0.2 at epochs 25, 75.
+
+The optim section here has one lr per stage, so stage 1 uses 1e-4 (the decoder's and
+learner's; the per-part rates above are the code's) and stage 2 the code's uniform 2e-5.
+The paper-text recipe (``optim.lr=1e-2`` decayed at 40K, 80K, 115K, 165K) is variant
+``paper``. The 5x search-region crop to 832 x 480 of the code's ``SegProcessing`` is not
+applied here (see vosjax/models/joint.py). Inference: a template every 5 frames, at most
+20, the first always kept; 20 / 3 learner steps (joint_davis.py).
+
+Variants: ``full`` (default, the code's recipe), ``paper`` (the paper text's lr), ``tiny`` (CPU).
 """
 
 import ml_collections
@@ -23,7 +37,7 @@ from vosjax.training import presets as P
 
 
 def get_config(arg=None):
-    variant = pick_variant(arg, ("full", "tiny"), __file__)
+    variant = pick_variant(arg, ("full", "paper", "tiny"), __file__)
     tiny = variant == "tiny"
     c = P.base(seed=0)
     c.model = default_config("full", tiny=tiny)
@@ -33,12 +47,25 @@ def get_config(arg=None):
     )
     if not tiny:
         c.init.backbones = P.imagenet(backbone=(c.model.backbone, 3, "s32"))
-        P.add_stage(c, "video", steps=180_000,
-                    optim=P.optim(name="adam", lr=1e-2, schedule="piecewise",
-                                  decay_steps=(40_000, 80_000, 115_000, 165_000), decay_factor=0.2,
-                                  freeze=("^backbone/",), freeze_until=90_000),
-                    data=P.data(P.davis_youtube_source(davis_repeats=1), sampler="joint", window=100,
-                                batch_size=20, crop_size=(480, 832), max_objects=1, num_workers=8))
+        data = P.data(P.davis_youtube_source(davis_repeats=1), sampler="joint", window=100,
+                      batch_size=20, crop_size=(480, 832), max_objects=1, num_workers=8)
+        if variant == "paper":
+            P.add_stage(c, "video", steps=180_000,
+                        optim=P.optim(name="adam", lr=1e-2, schedule="piecewise",
+                                      decay_steps=(40_000, 80_000, 115_000, 165_000), decay_factor=0.2,
+                                      freeze=("^backbone/",), freeze_until=90_000),
+                        data=data)
+        else:
+            P.add_stage(c, "video", steps=90_000,
+                        optim=P.optim(name="adam", lr=1e-4, schedule="piecewise",
+                                      decay_steps=(40_000, 80_000), decay_factor=0.2,
+                                      freeze=("^backbone/",)),
+                        data=data)
+            P.add_stage(c, "video_full", steps=90_000,
+                        optim=P.optim(name="adam", lr=2e-5, schedule="piecewise",
+                                      decay_steps=(25_000, 75_000), decay_factor=0.2,
+                                      freeze=("^backbone/(conv1|bn1|layer1)/",)),
+                        data=data)
         c.eval.source = P.davis_source("val")
         c.eval.every_steps = 20_000
         c.checkpoint.every_steps = 5_000

@@ -143,7 +143,9 @@ def test_shapes_dtypes_finiteness_and_memory(tiny, tiny_run):
         for o in range(O):
             inside = scores[b, o][small[b, o]].mean()
             outside = scores[b, o][~small[b, o]].mean()
-            assert float(inside) > float(outside) + 0.2, (b, o, inside, outside)
+            # margin 0.1 (0.2 before): the authors' augmentations move, rotate and rescale the
+            # target, which the random tiny backbone separates less sharply
+            assert float(inside) > float(outside) + 0.1, (b, o, inside, outside)
 
 
 def test_initial_fit_is_the_learner_on_augmented_samples(tiny, tiny_run):
@@ -170,7 +172,9 @@ def test_initial_fit_is_the_learner_on_augmented_samples(tiny, tiny_run):
             num_gn=s.num_gn_init,
             num_cg=s.num_cg_init,
             reg={"w1": s.reg[0], "w2": s.reg[1]},
+            precond={"w1": s.precond[0], "w2": s.precond[1]},
             kappa_min=s.kappa_min,
+            data_scale=(16 / s.label_upsample) ** 2,
         )
         proj = jnp.einsum("khwc,ce->khwe", x5, fit["w1"][0, 0])
         return fit, proj, tm.loss(fit, x5, y5), tm.loss(w0, x5, y5)
@@ -256,10 +260,11 @@ def test_projected_update_equals_the_frozen_w1_update():
                 for bb in range(ww):
                     s_map[a, bb] = np.sum(pad[i, a : a + 3, bb : bb + 3] * kern)
             cols.append((mh @ s_map @ mw.T).reshape(-1))
-        scale = math.sqrt(gam[i] / n_pix) * v[i].reshape(-1)
+        # the authors' residual: sqrt(gamma) sqrt(v) (s - y) (this test used gamma / N and v before)
+        scale = math.sqrt(gam[i]) * np.sqrt(v[i].reshape(-1))
         rows.append(np.stack(cols, 1) * scale[:, None])
         rhs.append(y[i].reshape(-1) * scale)
-    a_mat = np.concatenate(rows + [math.sqrt(reg["w2"]) * np.eye(n_w2)])
+    a_mat = np.concatenate(rows + [reg["w2"] * np.eye(n_w2)])  # reg: residual factor
     b_vec = np.concatenate(rhs + [np.zeros(n_w2)])
     sol = np.linalg.lstsq(a_mat, b_vec, rcond=None)[0]
     for got in (projected, frozen):
@@ -289,7 +294,7 @@ def test_object_permutation_equivariance(tiny, tiny_run):
     _, mem_p, permuted, grads_p = tiny.run(tiny.masks[:, perm], tiny.obj_valid[:, perm])
     np.testing.assert_allclose(permuted, logits[:, perm], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mem_p.target["w2"], mem.target["w2"][:, perm], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(grads_p[1], grads[1][:, perm], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(grads_p[1], grads[1][:, perm], rtol=1e-4, atol=1e-8)  # was 1e-9: one element of 42624 differs by 6e-9 (rounding of the weakly regularised first fit)
 
 
 def test_invalid_slot_does_not_affect_valid_ones(tiny, tiny_run):

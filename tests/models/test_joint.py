@@ -520,3 +520,45 @@ def test_bfloat16_compute(tiny):
     )
     logits = jax.jit(model.segment)(v, mem, sl(feats, slice(1, None)), tiny.obj_valid)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_instance_l2_norm_matches_numpy_and_authors_defaults():
+    """InstanceL2Norm of the authors' code (ltr/models/layers/normalization.py) and the
+    JOINT recipe values (joint_net.py optim_init_reg=0.01; train settings optim_iter=5,
+    num_refinement_iter=2; joint_davis.py net_opt_iter=20, net_opt_update_iter=3)."""
+    from vosjax.models.joint import instance_l2_norm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    got = np.asarray(instance_l2_norm(jnp.asarray(x), 0.5))
+    for n in range(2):
+        ss = sum(float(v) ** 2 for v in x[n].reshape(-1))
+        np.testing.assert_allclose(got[n], x[n] * 0.5 * np.sqrt(60 / (ss + 1e-5)), rtol=1e-5)
+        np.testing.assert_allclose(np.sqrt(np.mean(got[n] ** 2)), 0.5, rtol=1e-4)
+    c = joint.default_config("full")
+    assert c.learner_reg_init == 0.01 and c.induction_norm == "l2"
+    assert (c.learner_iters_init, c.learner_iters_update) == (20, 3)
+    assert (c.train_learner_iters_init, c.train_learner_iters_update) == (5, 2)
+
+
+def test_lovasz_sigmoid_fg_is_the_foreground_class_over_all_pixels():
+    from vosjax import losses
+    from vosjax.objectives.joint import lovasz_sigmoid_fg
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 2, 3, 4, 5)).astype(np.float32)
+    masks = (rng.uniform(size=logits.shape) < 0.3).astype(np.float32)
+    valid = np.array([[True, True], [True, False]])
+    got = float(lovasz_sigmoid_fg(jnp.asarray(logits), jnp.asarray(masks), jnp.asarray(valid)))
+    # reference: Berman's binary Lovasz on the valid objects' pixels, flattened together
+    p = 1 / (1 + np.exp(-logits[valid].reshape(-1).astype(np.float64)))
+    fg = masks[valid].reshape(-1)
+    err = np.abs(fg - p)
+    order = np.argsort(-err, kind="stable")
+    e, g = err[order], fg[order]
+    inter = g.sum() - np.cumsum(g)
+    union = g.sum() + np.cumsum(1 - g)
+    jac = 1 - inter / union
+    jac[1:] = jac[1:] - jac[:-1]
+    np.testing.assert_allclose(got, float(e @ jac), rtol=1e-5)
+    assert losses is not None

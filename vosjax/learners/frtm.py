@@ -7,18 +7,31 @@ The target model is a two-layer linear conv net on stride-16 features (eq. 1)::
 fitted to a memory of (features x_k, labels y_k, sample weight gamma_k) by
 minimising (eq. 2)::
 
-    L(w) = sum_k gamma_k / N * |v_k . (y_k - U(D(x_k; w)))|^2 + sum_j lambda_j |w_j|^2
+    L(w) = sum_k gamma_k c sum_pixels v_k (y_k - U(D(x_k; w)))^2 + sum_j r_j^2 |w_j|^2
 
 where U is bilinear upsampling from the feature grid (h, w) to the label grid
-(H', W') and v_k are the pixel weights of eq. 4. One deliberate departure from
-the printed eq. 2: the data term is divided by ``N = H' W'`` (a per-pixel
-mean), so that ``lambda_j`` does not depend on the label resolution the caller
-picks; this only rescales lambda. The residual vector is
-``[sqrt(gamma_k / N) v_k (U(D(x_k)) - y_k), sqrt(lambda_j) w_j]`` and the
-optimiser is :func:`vosjax.learners.gauss_newton_cg` (eq. 3).
+(H', W'), v_k are the pixel weights of eq. 4 and ``c = data_scale`` (1 here;
+the model passes (image pixels / label pixels) so that a coarser label grid
+stands for the full-resolution sum). As in the authors' code (frtm-vos
+``model/discriminator.py``: ``DiscriminatorLoss.__call__`` returns
+``[w * (s - y), *(filter_regs * parameters)]`` with
+``w = sqrt(pixel_weights) * sqrt(sample_weights)``,
+``compute_pixel_weights`` ends in ``torch.sqrt(w)``) the residual vector is
+``[sqrt(gamma_k c) sqrt(v_k) (U(D(x_k)) - y_k), r_j w_j]``: the pixel weights
+enter the residual as sqrt(v) (the squared loss carries v, as eq. 2 reads)
+and ``r_j`` (``reg``) are the residual factors of the regulariser
+(:data:`DEFAULT_REG` = frtm-vos ``evaluate.py`` ``filter_reg=(1e-4, 1e-2)``;
+its ``train.py`` uses ``(1e-5, 1e-4)``). The optimiser is
+:func:`vosjax.learners.gauss_newton_cg` (eq. 3) with the code's diagonal
+preconditioner (``M1 = x / diag_M``, :data:`DEFAULT_PRECOND` =
+``precond=(1e-4, 1e-2)``) and Polak-Ribiere CG. The code keeps the CG
+direction across GN steps damped by ``(1 - precond_lr)^CG_forgetting_rate``
+= 0.9^750 ~ 5e-35 at inference (0.9^75 ~ 4e-4 in training); CG restarts at
+each GN step here, which that factor makes numerically the same.
 
 Schedule (sec. 3.5): first fit from random weights on the 5 augmented samples
-of the first frame with 5 GN steps, 5 CG iterations in the first and 10 in the
+of the first frame (the un-augmented one weighted twice: frtm-vos
+``model/memory.py`` ``Memory.initialize``; :func:`first_frame_weights`) with 5 GN steps, 5 CG iterations in the first and 10 in the
 others (:func:`initial_fit`); every ``t_s = 8`` frames an update with w1 frozen
 and 10 CG iterations on w2 (:func:`update`). The sample memory (sec. 3.4) is a
 fixed-shape pytree (:class:`SampleMemory`, :func:`memory_add`); it and the
@@ -47,8 +60,14 @@ from vosjax.learners._conv import conv_same
 from vosjax.learners.frtm_samples import (
     CAPACITY,
     ETA,
+    FG_ROTATION,
+    FG_SCALE,
+    MIN_TARGET_PIXELS,
+    NUM_AUG,
     SampleMemory,
     augment_first_frame,
+    first_frame_weights,
+    inpaint_diffusion,
     memory_add,
     memory_empty,
     memory_init,
@@ -57,11 +76,16 @@ from vosjax.learners.optimizers import gauss_newton_cg
 
 __all__ = [
     "CAPACITY",
+    "DEFAULT_PRECOND",
     "DEFAULT_REG",
+    "MIN_TARGET_PIXELS",
     "ETA",
+    "FG_ROTATION",
+    "FG_SCALE",
     "HIDDEN",
     "KAPPA_MIN",
     "NUM_CG_INIT",
+    "NUM_AUG",
     "NUM_CG_UPDATE",
     "NUM_GN_INIT",
     "UPDATE_INTERVAL",
@@ -72,10 +96,12 @@ __all__ = [
     "fit",
     "init_params",
     "initial_fit",
+    "inpaint_diffusion",
     "loss",
     "memory_add",
     "memory_empty",
     "memory_init",
+    "first_frame_weights",
     "pixel_weights",
     "project",
     "residuals",
@@ -89,9 +115,13 @@ UPDATE_INTERVAL = 8  # t_s (sec. 3.4)
 NUM_GN_INIT = 5  # N_GN
 NUM_CG_INIT = (5, 10, 10, 10, 10)  # N_CGi in the first GN step, N_CG after
 NUM_CG_UPDATE = 10  # N_CGu
-DEFAULT_REG: Mapping[str, float] = {"w1": 1e-4, "w2": 1e-4}
-"""lambda_j of eq. 2 (the paper does not print them); with the per-pixel-mean
-data term of this module they are relative to a squared error of order 1."""
+DEFAULT_REG: Mapping[str, float] = {"w1": 1e-4, "w2": 1e-2}
+"""Residual factors r_j of the regulariser (loss term r_j^2 |w_j|^2); the paper
+does not print them: frtm-vos ``evaluate.py`` ``filter_reg=(1e-4, 1e-2)``."""
+DEFAULT_PRECOND: Mapping[str, float] = {"w1": 1e-4, "w2": 1e-2}
+"""Diagonal CG preconditioner per weight (z = r / M): frtm-vos ``evaluate.py``
+``precond=(1e-4, 1e-2)`` (``train.py``: ``(1e-5, 1e-4)``)."""
+
 
 Params = dict[str, Array]
 
@@ -286,14 +316,18 @@ def pixel_weights(
 
     ``kappa_hat = mean(y)``, ``kappa = max(kappa_min, kappa_hat)``;
     ``v = kappa / kappa_hat`` on target, ``(1 - kappa) / (1 - kappa_hat)`` on background.
-    Soft labels interpolate: ``v = y a + (1 - y) b``. An empty mask gets
-    ``v = 1 - kappa_min`` everywhere and a full mask ``v = 1`` (the undefined ratio is 0).
+    Soft labels interpolate: ``v = y a + (1 - y) b``. A mask with fewer than
+    :data:`MIN_TARGET_PIXELS` (10) foreground pixels (sum of y), empty ones
+    included, gets ``v = 1`` (the code's ``too_small`` rule), a full mask ``v = 1``.
+    The residuals use ``sqrt(v)`` (see the module docstring).
     """
     check_rank("frtm.pixel_weights", "labels", labels, (2, 3, 4), "[..., H, W]")
     check_floating("frtm.pixel_weights", "labels", labels)
     acc = jnp.promote_types(labels.dtype, jnp.float32)
     y = labels.astype(acc)
     kappa_hat = jnp.mean(y, axis=(-2, -1), keepdims=True)
+    too_small = jnp.sum(y, axis=(-2, -1), keepdims=True) < MIN_TARGET_PIXELS
+    kappa_hat = jnp.where(too_small, kappa_min, kappa_hat)
     kappa = jnp.maximum(kappa_min, kappa_hat)
 
     def safe_ratio(n, d):
@@ -360,21 +394,23 @@ def _reg_of(fn: str, reg: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return reg
 
 
-def _residual_fn(features, labels, sample_weights, pix_w, reg, projected=False):
+def _residual_fn(features, labels, sample_weights, pix_w, reg, projected=False, data_scale=1.0):
     k = features.shape[0]
-    n = labels.shape[-2] * labels.shape[-1]
     acc = jnp.promote_types(labels.dtype, jnp.float32)
     gamma = (
-        jnp.full((k,), 1.0 / k, acc) if sample_weights is None else jnp.asarray(sample_weights, acc)
+        jnp.asarray(first_frame_weights(k), acc)
+        if sample_weights is None
+        else jnp.asarray(sample_weights, acc)
     )
-    scale = _safe_sqrt(gamma / n).astype(labels.dtype)[:, None, None] * pix_w
+    scale = _safe_sqrt(gamma * data_scale)[:, None, None] * _safe_sqrt(pix_w.astype(acc))
+    scale = scale.astype(labels.dtype)
 
     def residual(params: Params) -> dict[str, Array]:
         pred = upsample(_scores(params, features, projected), labels.shape[-2:])
         out = {"data": scale * (pred - labels)}
         for j in ("w1", "w2"):
-            lam = jnp.asarray(reg[j], jnp.promote_types(params[j].dtype, jnp.float32))
-            out[j] = (_safe_sqrt(lam) * params[j]).astype(params[j].dtype)
+            r = jnp.asarray(reg[j], jnp.promote_types(params[j].dtype, jnp.float32))
+            out[j] = (r * params[j]).astype(params[j].dtype)
         return out
 
     return residual
@@ -389,16 +425,18 @@ def residuals(
     reg: Mapping[str, Any] | None = None,
     kappa_min: float = KAPPA_MIN,
     projected: bool = False,
+    data_scale: float = 1.0,
 ) -> dict[str, Array]:
-    """The residuals of eq. 2: ``{"data": sqrt(gamma_k/N) v_k (U(D(x_k)) - y_k), "w1": sqrt(l1) w1, "w2": sqrt(l2) w2}``.
+    """The residuals of eq. 2: ``{"data": sqrt(gamma_k c v_k) (U(D(x_k)) - y_k), "w1": r1 w1, "w2": r2 w2}``.
 
-    ``sample_weights`` default to ``1 / K`` each; empty memory slots have weight 0.
-    ``projected``: the features are ``w1 * x`` (see :func:`project`).
+    ``sample_weights`` default to :func:`first_frame_weights` (``[2, 1, ..] / (K + 1)``);
+    empty memory slots have weight 0. ``projected``: the features are ``w1 * x``
+    (see :func:`project`). ``c = data_scale``.
     """
     _check_samples("frtm.residuals", params, features, labels, sample_weights, projected)
     reg = _reg_of("frtm.residuals", reg)
     pix_w = pixel_weights(labels, kappa_min)
-    return _residual_fn(features, labels, sample_weights, pix_w, reg, projected)(params)
+    return _residual_fn(features, labels, sample_weights, pix_w, reg, projected, data_scale)(params)
 
 
 def loss(
@@ -410,10 +448,12 @@ def loss(
     reg: Mapping[str, Any] | None = None,
     kappa_min: float = KAPPA_MIN,
     projected: bool = False,
+    data_scale: float = 1.0,
 ) -> Float[Array, ""]:
-    """L_D of eq. 2 (data term as a per-pixel mean): the sum of squares of :func:`residuals`."""
+    """L_D of eq. 2: the sum of squares of :func:`residuals`."""
     r = residuals(
-        params, features, labels, sample_weights, reg=reg, kappa_min=kappa_min, projected=projected
+        params, features, labels, sample_weights, reg=reg, kappa_min=kappa_min,
+        projected=projected, data_scale=data_scale,
     )
     return sum(jnp.sum(jnp.square(v.astype(jnp.float32))) for v in jax.tree_util.tree_leaves(r))
 
@@ -428,8 +468,10 @@ def fit(
     num_cg: int | Sequence[int],
     trainable: Mapping[str, bool] | None = None,
     reg: Mapping[str, Any] | None = None,
+    precond: Mapping[str, Any] | None = None,
     kappa_min: float = KAPPA_MIN,
     projected: bool = False,
+    data_scale: float = 1.0,
     return_losses: bool = False,
 ) -> Params | tuple[Params, Float[Array, " steps"]]:
     """Minimise eq. 2 over the target-model weights with Gauss-Newton + CG (eq. 3).
@@ -438,12 +480,14 @@ def fit(
       params: starting weights ``{"w1", "w2"}`` (see :func:`init_params`).
       features: stride-16 features x_k ``[K, h, w, C]``.
       labels: target masks y_k in [0, 1] on the label grid ``[K, H', W']``.
-      sample_weights: gamma_k ``[K]`` (default ``1 / K``); zero for empty slots.
+      sample_weights: gamma_k ``[K]`` (default :func:`first_frame_weights`); zero for empty slots.
       num_gn, num_cg: GN steps and CG iterations per step (int or one per step).
       trainable: e.g. ``{"w1": False, "w2": True}`` to keep w1 fixed.
-      reg: lambda_j per weight (default :data:`DEFAULT_REG`); may be traced.
+      reg: residual factor r_j per weight (default :data:`DEFAULT_REG`); may be traced.
+      precond: diagonal CG preconditioner per weight (default :data:`DEFAULT_PRECOND`).
       kappa_min: of the pixel weights (eq. 4).
       projected: the features are ``w1 * x`` (:func:`project`); only w2 is fitted.
+      data_scale: ``c`` of the data term (see the module docstring).
       return_losses: also return L_D (eq. 2) before each GN step and at the end.
     """
     fn = "frtm.fit"
@@ -456,10 +500,14 @@ def fit(
                 "trained; pass trainable=None or {'w1': False, 'w2': True}."
             )
         trainable = {"w1": False, "w2": True}
+    precond = DEFAULT_PRECOND if precond is None else precond
+    if not isinstance(precond, Mapping) or set(precond) != {"w1", "w2"}:
+        raise VosjaxError(f"{fn}: 'precond' must map 'w1' and 'w2' to M > 0, got {precond!r}.")
     pix_w = pixel_weights(labels, kappa_min)
-    res = _residual_fn(features, labels, sample_weights, pix_w, reg, projected)
+    res = _residual_fn(features, labels, sample_weights, pix_w, reg, projected, data_scale)
     out = gauss_newton_cg(
-        res, params, num_gn, num_cg, trainable=trainable, return_losses=return_losses
+        res, params, num_gn, num_cg, trainable=trainable, return_losses=return_losses,
+        precond={"w1": precond["w1"], "w2": precond["w2"]},
     )
     if return_losses:
         fitted, half = out
@@ -475,10 +523,13 @@ def initial_fit(
     num_gn: int = NUM_GN_INIT,
     num_cg: int | Sequence[int] = NUM_CG_INIT,
     reg: Mapping[str, Any] | None = None,
+    precond: Mapping[str, Any] | None = None,
     kappa_min: float = KAPPA_MIN,
+    data_scale: float = 1.0,
     return_losses: bool = False,
 ):
-    """First-frame fit (sec. 3.5): both layers, equal sample weights, 5 GN steps with 5, 10, 10, 10, 10 CG."""
+    """First-frame fit (sec. 3.5): both layers, 5 GN steps with 5, 10, 10, 10, 10 CG, sample
+    weights :func:`first_frame_weights` (sample 0, the un-augmented frame, counts twice)."""
     return fit(
         params,
         features,
@@ -487,7 +538,9 @@ def initial_fit(
         num_gn=num_gn,
         num_cg=num_cg,
         reg=reg,
+        precond=precond,
         kappa_min=kappa_min,
+        data_scale=data_scale,
         return_losses=return_losses,
     )
 
@@ -499,8 +552,10 @@ def update(
     num_gn: int = 1,
     num_cg: int | Sequence[int] = NUM_CG_UPDATE,
     reg: Mapping[str, Any] | None = None,
+    precond: Mapping[str, Any] | None = None,
     kappa_min: float = KAPPA_MIN,
     projected: bool = False,
+    data_scale: float = 1.0,
     return_losses: bool = False,
 ):
     """Periodic update (sec. 3.4-3.5): refit w2 only (w1 frozen) on the whole sample memory.
@@ -520,7 +575,9 @@ def update(
         num_cg=num_cg,
         trainable={"w1": False, "w2": True},
         reg=reg,
+        precond=precond,
         kappa_min=kappa_min,
         projected=projected,
+        data_scale=data_scale,
         return_losses=return_losses,
     )

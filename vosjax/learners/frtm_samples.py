@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -21,14 +22,16 @@ from vosjax._validate import check_dims_match, check_floating, check_rank
 from vosjax.errors import VosjaxError
 
 __all__ = [
-    "BLUR_SIGMA",
     "CAPACITY",
     "ETA",
-    "MAX_ROTATION_DEG",
-    "MAX_SHIFT",
-    "SCALE_RANGE",
+    "FG_ROTATION",
+    "FG_SCALE",
+    "MIN_TARGET_PIXELS",
+    "NUM_AUG",
     "SampleMemory",
     "augment_first_frame",
+    "first_frame_weights",
+    "inpaint_diffusion",
     "memory_add",
     "memory_empty",
     "memory_init",
@@ -36,6 +39,19 @@ __all__ = [
 
 CAPACITY = 80  # K_max, sample memory size (sec. 3.4)
 ETA = 0.1  # sample-weight growth rate (sec. 3.4)
+MIN_TARGET_PIXELS = 10
+"""A label with fewer foreground pixels gets pixel weights 1 (frtm-vos ``model/discriminator.py``
+``compute_pixel_weights``: ``too_small = px < 10``) and is not added to the memory
+(``Discriminator.update``: ``if (train_y > 0.5).sum() < 10: return``)."""
+
+
+def first_frame_weights(k0: int) -> np.ndarray:
+    """Sample weights of the first frame's ``k0`` samples: the un-augmented sample 0 counts
+    twice, ``[2, 1, ..., 1] / (k0 + 1)`` (frtm-vos ``model/memory.py``, ``Memory.initialize``:
+    ``weights[:K] = 1 / K; weights[0] = 2 / K`` then normalised)."""
+    w = np.full((k0,), 1.0, np.float32)
+    w[0] = 2.0
+    return w / w.sum()
 
 
 # -- the weighted sample memory ---------------------------------------------------------------
@@ -83,10 +99,10 @@ def memory_empty(
 def memory_init(
     features: Float[Array, "K0 h w C"], labels: Float[Array, "K0 H W"], capacity: int = CAPACITY
 ) -> SampleMemory:
-    """A memory holding the first frame's K0 (augmented) samples, each of weight 1 / K0.
-
-    The K0 samples all stand for frame 0 and share gamma_0 (normalised: 1 / K0);
-    the remaining ``capacity - K0`` slots are empty (zeros, weight 0).
+    """A memory holding the first frame's K0 (augmented) samples, weighted by
+    :func:`first_frame_weights` (``[2, 1, ..., 1] / (K0 + 1)``: the un-augmented sample 0
+    counts twice, as in the authors' ``Memory.initialize``); the remaining
+    ``capacity - K0`` slots are empty (zeros, weight 0).
     """
     fn = "frtm.memory_init"
     check_rank(fn, "features", features, 4, "[K0, h, w, C]")
@@ -104,7 +120,7 @@ def memory_init(
     feats = jnp.concatenate([features, jnp.zeros((pad,) + features.shape[1:], features.dtype)])
     labs = jnp.concatenate([labels, jnp.zeros((pad,) + labels.shape[1:], labels.dtype)])
     weights = jnp.concatenate(
-        [jnp.full((k0,), 1.0 / k0, jnp.float32), jnp.zeros((pad,), jnp.float32)]
+        [jnp.asarray(first_frame_weights(k0)), jnp.zeros((pad,), jnp.float32)]
     )
     return SampleMemory(
         feats, labs, weights, jnp.asarray(k0, jnp.int32), jnp.asarray(k0 - 1, jnp.int32)
@@ -116,8 +132,12 @@ def memory_add(
     features: Float[Array, "h w C"],
     labels: Float[Array, "H W"],
     eta: float = ETA,
+    min_pixels: float = MIN_TARGET_PIXELS,
 ) -> SampleMemory:
     """Insert one sample (sec. 3.4): weight growth, eviction of the lowest weight, normalisation.
+
+    A label with fewer than ``min_pixels`` (10) pixels above 0.5 is not added
+    (the memory is returned unchanged, as the authors' ``Discriminator.update`` skips it).
 
     The new sample gets ``gamma_i = gamma_(i-1) / (1 - eta)`` where gamma_(i-1) is
     the (normalised) weight of the previous sample (``gamma_0 = eta`` in an
@@ -142,7 +162,7 @@ def memory_add(
     new_w = jnp.where(memory.count > 0, memory.weights[memory.last] / (1.0 - eta), 1.0)
     weights = memory.weights.at[slot].set(new_w)
     weights = weights / jnp.sum(weights)
-    return SampleMemory(
+    new = SampleMemory(
         features=lax.dynamic_update_index_in_dim(
             memory.features, features.astype(memory.features.dtype), slot, 0
         ),
@@ -153,46 +173,164 @@ def memory_add(
         count=jnp.minimum(memory.count + 1, capacity).astype(jnp.int32),
         last=slot,
     )
+    keep = jnp.sum(labels > 0.5) >= min_pixels
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, memory)
 
 
 # -- first-frame augmentation -----------------------------------------------------------------
+#
+# The authors' recipe (frtm-vos ``model/augmenter.py``, ``ImageAugmenter.augment_first_frame``,
+# with the lists of ``evaluate.py`` / ``train.py`` ``aug_params``): the target is cut out
+# (``cut_and_inpaint(d=1, f=1)``), the hole is inpainted (OpenCV ``cv2.inpaint`` with
+# ``INPAINT_TELEA``, radius 1, over the mask dilated by a 2x2 ellipse), the background is
+# warped and blurred, and the target is warped and pasted back. Each augmentation draws its
+# parameters from these lists, every list shuffled independently and read without
+# replacement (``generate_specs2``).
 
-MAX_SHIFT = 0.1  # translation, fraction of height / width
-MAX_ROTATION_DEG = 15.0
-SCALE_RANGE = (0.9, 1.1)
-BLUR_SIGMA = (0.5, 2.0)  # pixels
-_BLUR_RADIUS = 6  # fixed support >= 3 sigma_max, so shapes stay static
+NUM_AUG = 5  # samples of the first frame incl. the original (evaluate.py num_aug=5; train.py 15)
+FG_ROTATION = (5, -5, 10, -10, 20, -20, 30, -30, 45, -45)  # degrees
+FG_FLIPLR = (False, False, False, False, True)
+FG_SCALE = (0.5, 0.7, 1.0, 1.5, 2.0, 2.5)
+FG_SKEW = ((0.0, 0.0), (0.0, 0.0), (0.1, 0.1))
+FG_BLUR_SIZE = (0.0, 0.0, 0.0, 2.0)
+BLUR_ANGLE = (0, 45, 90, 135)  # degrees, fg and bg
+BG_SCALE = (1.0, 1.0, 1.2)
+BG_BLUR_SIZE = (0.0, 0.0, 1.0, 2.0, 5.0)
+MIN_SIZE = 10  # AugmentationSpec.min_size: the pasted target is at least 10 px wide and high
+INPAINT_ITERS = 64  # Jacobi sweeps of the diffusion fill (vosjax's stand-in for Telea)
+_BLUR_RADIUS = 3  # the code's largest kernel (blur size 5) is 7 x 7
 
 
-def _warp(image: Array, mask: Array, inv: Array, offset: Array) -> tuple[Array, Array]:
-    """Sample image and mask at ``src = inv @ dst + offset`` (bilinear, zeros outside)."""
-    h, w = mask.shape
-    ii, jj = jnp.meshgrid(
-        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
-    )
-    src = jnp.einsum("ab,bhw->ahw", inv, jnp.stack([ii, jj])) + offset[:, None, None]
+def _pick(key: Array, values: Sequence[Any], n: int) -> Array:
+    """``n`` values read without replacement from ``values`` repeated to at least ``n`` (generate_specs2)."""
+    reps = (n + len(values) - 1) // len(values)
+    pool = jnp.asarray(list(values) * reps, jnp.float32)
+    return jax.random.permutation(key, pool, axis=0)[:n]
+
+
+def _sample(image: Array, rows: Array, cols: Array, order: int) -> Array:
     sample = functools.partial(
-        jax.scipy.ndimage.map_coordinates,
-        coordinates=[src[0], src[1]],
-        order=1,
-        mode="constant",
+        jax.scipy.ndimage.map_coordinates, coordinates=[rows, cols], order=order, mode="constant",
         cval=0.0,
     )
-    img = jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
-    return img.astype(image.dtype), sample(mask).astype(mask.dtype)
+    if image.ndim == 2:
+        return sample(image)
+    return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
 
 
-def _blur(image: Array, sigma: Array) -> Array:
-    """Separable Gaussian blur with edge padding."""
-    r = _BLUR_RADIUS
-    t = jnp.arange(-r, r + 1, dtype=jnp.float32)
-    k = jnp.exp(-0.5 * jnp.square(t / sigma))
-    k = k / jnp.sum(k)
+def _warp_affine(image: Array, t: Array, order: int = 1) -> Array:
+    """``out(p) = image(T^-1 p)`` for the 3x3 affine ``t`` on pixel coordinates (x, y); 0 outside."""
     h, w = image.shape[:2]
-    p = jnp.pad(image.astype(jnp.float32), ((r, r), (r, r), (0, 0)), mode="edge")
-    p = sum(k[i] * p[i : i + h] for i in range(2 * r + 1))
-    p = sum(k[i] * p[:, i : i + w] for i in range(2 * r + 1))
-    return p.astype(image.dtype)
+    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                          indexing="ij")
+    a, b, c, d = t[0, 0], t[0, 1], t[1, 0], t[1, 1]
+    det = a * d - b * c
+    m = jnp.array([[d, -b], [-c, a]]) / det
+    off = -m @ t[:2, 2]
+    inv = jnp.concatenate([m, off[:, None]], axis=1)
+    src_x = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]
+    src_y = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
+    return _sample(image, src_y, src_x, order)
+
+
+def _blur_kernel(size: Array, angle_deg: Array) -> Array:
+    """The code's oriented Gaussian (``_blur_kernel(size, 0.1, R)``): covariance
+    ``R diag(size, 0.1) R^T``, support ``|offset| <= s`` with ``s`` = the odd of
+    ``int(size / 2 + 0.5)``; size 0 gives the identity. Fixed 7 x 7 array."""
+    r = _BLUR_RADIUS
+    a = jnp.deg2rad(angle_deg)
+    ca, sa = jnp.cos(a), jnp.sin(a)
+    rot = jnp.array([[ca, sa], [-sa, ca]])
+    cov = rot @ jnp.diag(jnp.stack([jnp.maximum(size, 0.1), 0.1])) @ rot.T
+    det = cov[0, 0] * cov[1, 1] - cov[0, 1] * cov[1, 0]
+    icov = jnp.array([[cov[1, 1], -cov[0, 1]], [-cov[1, 0], cov[0, 0]]]) / det
+    t = jnp.arange(-r, r + 1, dtype=jnp.float32)
+    gx, gy = jnp.meshgrid(t, t, indexing="xy")
+    q = icov[0, 0] * gx * gx + (icov[0, 1] + icov[1, 0]) * gx * gy + icov[1, 1] * gy * gy
+    s = jnp.floor(size / 2 + 0.5)
+    s = s + (s + 1) % 2
+    inside = (jnp.abs(gx) <= s) & (jnp.abs(gy) <= s)
+    g = jnp.where(inside, jnp.exp(-0.5 * q), 0.0)
+    g = g / jnp.sum(g)
+    ident = jnp.zeros_like(g).at[r, r].set(1.0)
+    return jnp.where(size > 0, g, ident)
+
+
+def _filter(image: Array, kernel: Array) -> Array:
+    """Per-channel correlation with ``kernel`` (zero padding, as the code's ``F.conv2d``)."""
+    r = _BLUR_RADIUS
+    x = image[..., None] if image.ndim == 2 else image
+    x = jnp.moveaxis(x, -1, 0)[:, None]  # [C, 1, H, W]
+    out = lax.conv_general_dilated(
+        x, kernel[None, None].astype(x.dtype), (1, 1), ((r, r), (r, r)),
+        precision=lax.Precision.HIGHEST,
+    )
+    out = jnp.moveaxis(out[:, 0], 0, -1)
+    return out[..., 0] if image.ndim == 2 else out
+
+
+def _dilate(mask: Array) -> Array:
+    """3 x 3 binary dilation (the code dilates by a 2 x 2 ellipse before inpainting)."""
+    p = jnp.pad(mask, 1)
+    h, w = mask.shape
+    return jnp.max(jnp.stack([p[i : i + h, j : j + w] for i in range(3) for j in range(3)]), 0)
+
+
+def inpaint_diffusion(image: Float[Array, "H W 3"], hole: Float[Array, "H W"],
+                      iters: int = INPAINT_ITERS) -> Float[Array, "H W 3"]:
+    """Fill ``hole`` (1 = unknown) by diffusion: start from the mean colour of the known
+    pixels, then ``iters`` Jacobi sweeps set every hole pixel to the mean of its 4
+    neighbours (edge-replicated), known pixels fixed. A harmonic fill, in spirit like
+    the authors' ``cv2.inpaint(..., INPAINT_TELEA)`` (fast-marching, also propagating
+    the border colours inward)."""
+    known = 1.0 - hole
+    mean = jnp.sum(image * known[..., None], (0, 1)) / jnp.maximum(jnp.sum(known), 1.0)
+    x = jnp.where(hole[..., None] > 0, mean, image)
+
+    def sweep(x, _):
+        p = jnp.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        avg = 0.25 * (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:])
+        return jnp.where(hole[..., None] > 0, avg, image), None
+
+    x, _ = lax.scan(sweep, x, None, length=iters)
+    return x
+
+
+def _bbox(mask: Array) -> tuple[Array, Array, Array, Array]:
+    """Centre (x, y) and size (w, h) of the mask's bounding box (``center_bbox_from_mask``)."""
+    rows, cols = jnp.any(mask > 0.5, 1), jnp.any(mask > 0.5, 0)
+    h, w = mask.shape
+    y0, y1 = jnp.argmax(rows), h - 1 - jnp.argmax(rows[::-1])
+    x0, x1 = jnp.argmax(cols), w - 1 - jnp.argmax(cols[::-1])
+    bw = jnp.maximum(x1 - x0 + 1, 1).astype(jnp.float32)
+    bh = jnp.maximum(y1 - y0 + 1, 1).astype(jnp.float32)
+    return x0 + bw / 2, y0 + bh / 2, bw, bh
+
+
+def _target_locations(key: Array, h: int, w: int, n: int) -> Array:
+    """``n`` target centres (fractions x, y): a jittered grid of NUM_AUG cells in random
+    order (``generate_target_locations``), then ``n`` of them drawn (generate_specs2)."""
+    aspect = w / h
+    nrows = int(np.ceil(np.sqrt(NUM_AUG / aspect)))
+    ncols = int(np.ceil(aspect * nrows))
+    grid = np.array([((c + 0.5) / ncols, (r + 0.5) / nrows) for r in range(nrows)
+                     for c in range(ncols)], np.float32)
+    k1, k2 = jax.random.split(key)
+    jitter = jax.random.normal(k1, grid.shape) * jnp.array([0.5 / ncols / 4, 0.5 / nrows / 4])
+    locs = jax.random.permutation(k2, jnp.asarray(grid) + jitter, axis=0)[:NUM_AUG]
+    return locs[:n]
+
+
+def _affine(loc_x, loc_y, skew, rot_deg, sx, sy, cx, cy) -> Array:
+    """``T = translate(loc) @ skew @ rotate @ scale @ translate(-centre)`` (get_transform)."""
+    a = jnp.deg2rad(rot_deg)
+    ca, sa = jnp.cos(a), jnp.sin(a)
+    one, zero = jnp.ones(()), jnp.zeros(())
+    tr = lambda dx, dy: jnp.array([[one, zero, dx], [zero, one, dy], [zero, zero, one]])
+    sk = jnp.array([[one, skew, zero], [skew, one, zero], [zero, zero, one]])
+    ro = jnp.array([[ca, sa, zero], [-sa, ca, zero], [zero, zero, one]])
+    sc = jnp.array([[sx, zero, zero], [zero, sy, zero], [zero, zero, one]])
+    return tr(loc_x, loc_y) @ sk @ ro @ sc @ tr(-cx, -cy)
 
 
 def augment_first_frame(
@@ -200,19 +338,21 @@ def augment_first_frame(
 ) -> tuple[Float[Array, "5 H W 3"], Float[Array, "5 H W"]]:
     """The first frame's 5 training samples (sec. 3.1, 3.5): the original plus 4 augmentations.
 
-    The paper defers its augmentation to a supplement we do not have; these are
-    vosjax's choices, plausible image-space augmentations that keep the object
-    in view:
-
-    0. the original;
-    1. horizontal flip;
-    2. translation by up to ``MAX_SHIFT`` (10 %) of the height / width;
-    3. rotation by up to +-15 degrees and scaling by 0.9-1.1 about the centre;
-    4. Gaussian blur of the image (sigma 0.5-2 px), mask unchanged.
-
-    Geometric warps resample bilinearly and fill outside the frame with 0 (the
-    mean colour of an ImageNet-normalised image; background for the mask), so
-    warped masks are soft at their edges but stay in [0, 1].
+    As the authors' code does (see the comment above :data:`NUM_AUG`): the
+    target (mask > 0.5) is cut out and the hole inpainted
+    (:func:`inpaint_diffusion`, over the mask dilated by one pixel); per
+    augmentation the inpainted background is scaled about the centre by one of
+    :data:`BG_SCALE` and blurred (:data:`BG_BLUR_SIZE`, :data:`BLUR_ANGLE`),
+    and the target is moved to one of a jittered grid of centres, rotated by
+    one of :data:`FG_ROTATION` (+-5 .. +-45 degrees), scaled by one of
+    :data:`FG_SCALE` (0.5 - 2.5; limited so it fits the frame and is at
+    least :data:`MIN_SIZE` px), mirrored for one in :data:`FG_FLIPLR`, skewed by
+    one of :data:`FG_SKEW`, motion-blurred (:data:`FG_BLUR_SIZE`), and pasted
+    (its bilinearly warped mask as alpha). The label is the warped mask
+    (nearest neighbour, as the code's ``warp_affine(labels, H, sz, 'nearest')``).
+    Sample 0 is the original. The code's retry of frames where the target left
+    the view (``verify_frame``) has no fixed-shape counterpart here; the
+    scale limit and the grid of centres keep the target in view.
     """
     fn = "frtm.augment_first_frame"
     check_rank(fn, "image", image, 3, "[H, W, 3]")
@@ -222,25 +362,41 @@ def augment_first_frame(
     check_dims_match(fn, "image and mask heights", image=image.shape[0], mask=mask.shape[0])
     check_dims_match(fn, "image and mask widths", image=image.shape[1], mask=mask.shape[1])
     h, w = mask.shape
-    k_shift, k_rot, k_scale, k_blur = jax.random.split(key, 4)
-    centre = jnp.array([(h - 1) / 2.0, (w - 1) / 2.0], jnp.float32)
+    n = NUM_AUG - 1
+    img = image.astype(jnp.float32)
+    tgt = (mask > 0.5).astype(jnp.float32)
+    background = inpaint_diffusion(img, _dilate(tgt))
+    cx, cy, bw, bh = _bbox(tgt)
+    keys = jax.random.split(key, 10)
+    locs = _target_locations(keys[0], h, w, n)
+    rot = _pick(keys[1], FG_ROTATION, n)
+    flip = _pick(keys[2], FG_FLIPLR, n)
+    scale = _pick(keys[3], FG_SCALE, n)
+    skew = _pick(keys[4], [k[0] for k in FG_SKEW], n)
+    fg_blur = _pick(keys[5], FG_BLUR_SIZE, n)
+    fg_angle = _pick(keys[6], BLUR_ANGLE, n)
+    bg_scale = _pick(keys[7], BG_SCALE, n)
+    bg_blur = _pick(keys[8], BG_BLUR_SIZE, n)
+    bg_angle = _pick(keys[9], BLUR_ANGLE, n)
+    cut = img * tgt[..., None]
 
-    shift = jax.random.uniform(k_shift, (2,), minval=-MAX_SHIFT, maxval=MAX_SHIFT) * jnp.array(
-        [h, w], jnp.float32
-    )
-    img_t, mask_t = _warp(image, mask, jnp.eye(2, dtype=jnp.float32), -shift)
+    def one(loc, r, m, s, k, fb, fa, bs, bb, ba):
+        tb = _affine(w / 2, h / 2, 0.0, 0.0, bs, bs, w / 2, h / 2)
+        bg = _filter(_warp_affine(background, tb), _blur_kernel(bb, ba))
+        s = jnp.where((s * bw > w) | (s * bh > h), jnp.minimum(w / bw, h / bh), s)
+        s = jnp.where((s * bw < MIN_SIZE) | (s * bh < MIN_SIZE),
+                      jnp.maximum(MIN_SIZE / bw, MIN_SIZE / bh), s)
+        sx = jnp.where(m > 0.5, -s, s)
+        t = _affine(loc[0] * w, loc[1] * h, k, r, sx, s, cx, cy)
+        kern = _blur_kernel(fb, fa)
+        fg = _filter(_warp_affine(cut, t), kern)
+        alpha = jnp.clip(_filter(_warp_affine(tgt, t), kern), 0.0, 1.0)
+        label = _warp_affine(tgt, t, order=0)
+        out = fg + bg * (1.0 - alpha[..., None])
+        return out, label
 
-    theta = jnp.deg2rad(
-        jax.random.uniform(k_rot, (), minval=-MAX_ROTATION_DEG, maxval=MAX_ROTATION_DEG)
-    )
-    scale = jax.random.uniform(k_scale, (), minval=SCALE_RANGE[0], maxval=SCALE_RANGE[1])
-    c, s = jnp.cos(theta), jnp.sin(theta)
-    inv = jnp.array([[c, s], [-s, c]]) / scale  # inverse of scale * rotation(theta)
-    img_r, mask_r = _warp(image, mask, inv, centre - inv @ centre)
-
-    sigma = jax.random.uniform(k_blur, (), minval=BLUR_SIGMA[0], maxval=BLUR_SIGMA[1])
-    img_b = _blur(image, sigma)
-
-    images = jnp.stack([image, image[:, ::-1], img_t, img_r, img_b])
-    masks = jnp.stack([mask, mask[:, ::-1], mask_t, mask_r, mask])
-    return images, masks
+    images, labels = jax.vmap(one)(locs, rot, flip, scale, skew, fg_blur, fg_angle, bg_scale,
+                                   bg_blur, bg_angle)
+    images = jnp.concatenate([img[None], images]).astype(image.dtype)
+    labels = jnp.concatenate([mask[None].astype(jnp.float32), labels]).astype(mask.dtype)
+    return images, labels

@@ -285,35 +285,65 @@ def _conjugate_gradient(
     jtmv: Callable[[list[Array]], list[Array]],
     b: list[Array],
     num_cg: int,
+    precond: list[Array] | None = None,
 ) -> list[Array]:
     """``num_cg`` CG iterations on the normal equations ``J^T J d = b`` from ``d = 0``.
 
-    Hestenes-Stiefel recursion with the curvature computed as ``|J p|^2`` (a sum
-    of squares, free of the cancellation in ``p . J^T J p``). An iteration whose
-    residual is already at the floating-point floor (``|r|^2 <= eps^2 |b|^2``) or
-    whose direction has no curvature leaves the state unchanged, so surplus
-    iterations are harmless.
+    Without ``precond``: Hestenes-Stiefel recursion with the curvature computed
+    as ``|J p|^2`` (a sum of squares, free of the cancellation in ``p . J^T J p``).
+    With ``precond`` (the diagonal ``M`` per trainable leaf, broadcast to it):
+    preconditioned CG with ``z = r / M``, ``rho = r . z``, Polak-Ribiere
+    ``beta = max(0, (rho_new - r_old . z_new) / rho_old)`` and
+    ``alpha = rho / |J p|^2`` (FRTM's optimiser, frtm-vos ``model/optimizer.py``
+    ``GaussNewtonCG.run_CG`` with ``fletcher_reeves=False``, ``standard_alpha=True``
+    and ``DiscriminatorLoss.M1 = x / diag_M``). An iteration whose residual is
+    already at the floating-point floor or whose direction has no curvature
+    leaves the state unchanged, so surplus iterations are harmless.
     """
     rr0 = _dot(b, b)
     floor = jnp.finfo(rr0.dtype).eps ** 2 * rr0
+    if precond is None:
+        def body(state, _):
+            d, r, p, rr = state
+            jp = jmv(p)
+            ap = jtmv(jp)
+            pap = _dot(jp, jp)
+            active = (rr > floor) & (pap > jnp.finfo(pap.dtype).tiny)
+            alpha = _safe_div(rr, pap)
+            d_new = _axpy(alpha, p, d)
+            r_new = _axpy(-alpha, ap, r)
+            rr_new = _dot(r_new, r_new)
+            beta = _safe_div(rr_new, rr)
+            p_new = _axpy(beta, p, r_new)
+            state = otu.tree_where(active, (d_new, r_new, p_new, rr_new), state)
+            return state, None
 
-    def body(state, _):
-        d, r, p, rr = state
+        zeros = otu.tree_zeros_like(b)
+        (d, _, _, _), _ = lax.scan(body, (zeros, b, b, rr0), None, length=num_cg)
+        return d
+
+    inv = [jnp.asarray(1.0, u.dtype) / jnp.asarray(m, u.dtype) for u, m in zip(b, precond)]
+    apply_m = lambda r: [ri * mi for ri, mi in zip(r, inv)]
+
+    def pbody(state, _):
+        d, r, p, rho = state
         jp = jmv(p)
         ap = jtmv(jp)
         pap = _dot(jp, jp)
-        active = (rr > floor) & (pap > jnp.finfo(pap.dtype).tiny)
-        alpha = _safe_div(rr, pap)
+        active = (_dot(r, r) > floor) & (pap > jnp.finfo(pap.dtype).tiny)
+        alpha = _safe_div(rho, pap)
         d_new = _axpy(alpha, p, d)
         r_new = _axpy(-alpha, ap, r)
-        rr_new = _dot(r_new, r_new)
-        beta = _safe_div(rr_new, rr)
-        p_new = _axpy(beta, p, r_new)
-        state = otu.tree_where(active, (d_new, r_new, p_new, rr_new), state)
+        z_new = apply_m(r_new)
+        rho_new = _dot(r_new, z_new)
+        beta = jnp.maximum(_safe_div(rho_new - _dot(r, z_new), rho), 0.0)
+        p_new = _axpy(beta, p, z_new)
+        state = otu.tree_where(active, (d_new, r_new, p_new, rho_new), state)
         return state, None
 
     zeros = otu.tree_zeros_like(b)
-    (d, _, _, _), _ = lax.scan(body, (zeros, b, b, rr0), None, length=num_cg)
+    z0 = apply_m(b)
+    (d, _, _, _), _ = lax.scan(pbody, (zeros, b, z0, _dot(b, z0)), None, length=num_cg)
     return d
 
 
@@ -344,6 +374,7 @@ def gauss_newton_cg(
     *,
     weights: PyTree | None = None,
     trainable: PyTree | None = None,
+    precond: PyTree | None = None,
     return_losses: bool = False,
 ) -> PyTree | tuple[PyTree, Float[Array, " steps"]]:
     """Minimise ``0.5 |c * r(w)|^2`` by Gauss-Newton steps solved with CG (FRTM eq. 3).
@@ -366,6 +397,10 @@ def gauss_newton_cg(
       num_gn: number of Gauss-Newton steps (static int).
       num_cg: CG iterations per GN step: one static int, or a sequence of
         ``num_gn`` ints (FRTM's first fit uses ``(5, 10, 10, 10, 10)``).
+      precond: optional diagonal preconditioner ``M``: a pytree with the
+        structure of ``params`` whose leaves broadcast to them (FRTM: one
+        scalar per weight); CG then works on ``M^-1 J^T J`` (see
+        :func:`_conjugate_gradient`). Leaves of fixed params are ignored.
       weights: optional per-residual weights ``c`` (structure of the residuals).
       trainable: optional pytree prefix of ``params`` with Python bools; only
         leaves marked True are optimised (FRTM's update: ``{"w1": False, "w2": True}``).
@@ -379,12 +414,20 @@ def gauss_newton_cg(
     n = _static_count(fn, "num_gn", num_gn)
     runs = _cg_schedule(fn, n, num_cg)
     problem = _Problem(fn, residual_fn, params, weights, trainable)
+    pre = None
+    if precond is not None:
+        p_leaves, p_tree = jax.tree_util.tree_flatten(precond)
+        if p_tree != problem.treedef:
+            raise VosjaxError(
+                f"{fn}: 'precond' must have the structure of 'params' ({problem.treedef}), got {p_tree}."
+            )
+        pre = [jnp.asarray(m) for m, t in zip(p_leaves, problem.mask) if t]
 
     def make_step(cg_iters: int):
         def step(x, _):
             r, jmv, jtmv = problem.linearize(x)
             b = otu.tree_scale(-1.0, jtmv(r))
-            dw = _conjugate_gradient(jmv, jtmv, b, cg_iters)
+            dw = _conjugate_gradient(jmv, jtmv, b, cg_iters, pre)
             x = otu.tree_cast_like(otu.tree_add(otu.tree_cast_like(x, dw), dw), x)
             return x, 0.5 * _dot(r, r)
 

@@ -36,7 +36,9 @@ Objects are independent: target models and sample memories are vmapped over
 
 First-frame augmentation draws its transforms from a fixed key
 (``config.seed``), the same for every video and object, so a run is
-deterministic and the 5 augmented images are encoded once per video.
+deterministic; each object's 5 augmented images (its target cut out, the
+background inpainted, the target pasted back: vosjax.learners.frtm_samples)
+are encoded per object.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     channels (S width, 64), hidden (w1 channels, 96), kernel (w2 size, 3),
     num_gn_init / num_cg_init (first fit), num_cg_update (updates), update_interval
     (t_s, read by the engine), memory_frames (K_max), eta, kappa_min, reg_w1 / reg_w2
-    (lambda_j), label_upsample (label grid / feature grid), augment (5 first-frame
+    (residual factors of the regulariser, frtm-vos evaluate.py filter_reg), precond_w1 /
+    precond_w2 (diagonal CG preconditioner, evaluate.py precond), label_upsample (label grid / feature grid), augment (5 first-frame
     samples), seed (augmentation and initial target-model weights).
     """
     if variant not in VARIANTS:
@@ -101,6 +104,8 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     c.kappa_min = tm.KAPPA_MIN
     c.reg_w1 = float(tm.DEFAULT_REG["w1"])
     c.reg_w2 = float(tm.DEFAULT_REG["w2"])
+    c.precond_w1 = float(tm.DEFAULT_PRECOND["w1"])
+    c.precond_w2 = float(tm.DEFAULT_PRECOND["w2"])
     c.label_upsample = 4
     c.augment = True
     c.seed = 0
@@ -136,6 +141,7 @@ class _Settings:
     eta: float
     kappa_min: float
     reg: tuple[float, float]
+    precond: tuple[float, float]
     label_upsample: int
     augment: bool
     seed: int
@@ -178,6 +184,7 @@ def _settings(config: Any) -> _Settings:
         eta=eta,
         kappa_min=float(get("kappa_min")),
         reg=(float(get("reg_w1")), float(get("reg_w2"))),
+        precond=(float(get("precond_w1")), float(get("precond_w2"))),
         label_upsample=checks.check_positive_int(fn, "label_upsample", get("label_upsample")),
         augment=bool(get("augment")),
         seed=int(get("seed")),
@@ -340,6 +347,17 @@ class FRTM(BackboneSegnetModel):
     def _reg(self) -> dict[str, float]:
         return {"w1": self.settings.reg[0], "w2": self.settings.reg[1]}
 
+    def _solver(self) -> dict[str, Any]:
+        """reg, precond and the data scale (stride-16 / label grid)^2: the labels here live on
+        a grid ``label_upsample`` times the feature grid, the authors' at the image grid, so
+        each label pixel stands for (16 / label_upsample)^2 image pixels of their sum."""
+        s = self.settings
+        return {
+            "reg": self._reg(),
+            "precond": {"w1": s.precond[0], "w2": s.precond[1]},
+            "data_scale": float((self.stride / s.label_upsample) ** 2),
+        }
+
     def _initial(self, variables, memory, frame, masks, x, grid):
         """First-frame samples and fit for every (video, object): 5 augmented samples (sec. 3.5)."""
         s = self.settings
@@ -347,14 +365,15 @@ class FRTM(BackboneSegnetModel):
         if s.augment:
             aug = jax.vmap(jax.vmap(tm.augment_first_frame, (None, 0, None)), (0, 0, None))
             images, masks5 = aug(frame.astype(jnp.float32), masks.astype(jnp.float32), key_aug)
-            images = images[:, 0]  # the image warps depend on the key only: equal for all objects
-            b, n = images.shape[:2]
+            # each object's augmented images differ (its target is cut out and pasted back),
+            # so they are encoded per object, as the authors' Tracker.initialize does
+            b, o, n = images.shape[:3]
             x5 = self.net.apply(
                 variables,
-                images.reshape((b * n,) + images.shape[2:]).astype(frame.dtype),
+                images.reshape((b * o * n,) + images.shape[3:]).astype(frame.dtype),
                 method=_FRTMNet.features,
             )["s16"]
-            x5 = x5.reshape((b, n) + x5.shape[1:]).astype(jnp.float32)
+            x5 = x5.reshape((b, o, n) + x5.shape[1:]).astype(jnp.float32)
         else:
             x5, masks5 = x[:, None], masks[:, :, None]
         y5 = self._labels(masks5, grid)  # [B, O, K0, h', w']
@@ -367,12 +386,16 @@ class FRTM(BackboneSegnetModel):
                 y_k,
                 num_gn=s.num_gn_init,
                 num_cg=s.num_cg_init,
-                reg=self._reg(),
                 kappa_min=s.kappa_min,
+                **self._solver(),
             )
 
-        target = _bo(fit_one, (None, 0))(x5, y5)
-        proj = jnp.einsum("bnhwc,boce->bonhwe", x5, target["w1"][:, :, 0, 0])
+        if s.augment:
+            target = _bo(fit_one, (0, 0))(x5, y5)
+            proj = jnp.einsum("bonhwc,boce->bonhwe", x5, target["w1"][:, :, 0, 0])
+        else:
+            target = _bo(fit_one, (None, 0))(x5, y5)
+            proj = jnp.einsum("bnhwc,boce->bonhwe", x5, target["w1"][:, :, 0, 0])
         samples = _bo(lambda f, y: tm.memory_init(f, y, self.memory_frames), (0, 0))(proj, y5)
         return target, samples
 
@@ -394,8 +417,10 @@ class FRTM(BackboneSegnetModel):
 
         # extend the dataset (Algorithm 1, line 7) with the projected features w1 * x
         add = write[:, None] & ready
+        # the authors skip labels with < 10 foreground pixels at image resolution
+        min_pixels = tm.MIN_TARGET_PIXELS / self._solver()["data_scale"]
         proj = jnp.einsum("bhwc,boce->bohwe", x, target["w1"][:, :, 0, 0])
-        added = _bo(lambda m, f, l: tm.memory_add(m, f, l, s.eta), (0, 0, 0))(samples, proj, y)
+        added = _bo(lambda m, f, l: tm.memory_add(m, f, l, s.eta, min_pixels), (0, 0, 0))(samples, proj, y)
         samples = chk.select_rows(add, added, samples)
 
         # update w2 with w1 fixed (line 9), on the projected samples
@@ -407,8 +432,8 @@ class FRTM(BackboneSegnetModel):
                 {"w1": eye, "w2": w2},
                 mem,
                 num_cg=s.num_cg_update,
-                reg=self._reg(),
                 kappa_min=s.kappa_min,
+                **self._solver(),
             )
             return fitted["w2"]
 

@@ -18,18 +18,34 @@ transformer-encoded templates ``Z_enc`` (eq. 3) are recomputed by
 only the decoder. The learner is refitted in ``memorize``: an object's first
 memorize fits from a zero kernel with ``learner_iters_init`` (20) steepest
 descent steps, later refits warm-start from the current kernel with
-``learner_iters_update`` (3) steps (LWL's inference settings, which JOINT
-follows). Invalid template slots get importance weight 0. The fit is
+``learner_iters_update`` (3) steps (JOINT ``pytracking/parameter/joint/joint_davis.py``
+``net_opt_iter = 20``, ``net_opt_update_iter = 3``); in training (``memorize(train=True)``)
+``train_learner_iters_init`` (5) / ``train_learner_iters_update`` (2) (JOINT
+``ltr/train_settings/joint/joint_stage*.py``: ``optim_iter=5``, ``SegActor(num_refinement_iter=2)``).
+The learned regulariser starts at ``reg = 0.01`` (``joint_net.py``
+``steepest_descent_resnet50(optim_init_reg=0.01)``, ``loss_residual_modules.Residual``:
+residual ``filter_reg * filter``). Invalid template slots get importance weight 0. The fit is
 differentiable (w.r.t. features, encodings, weights and the learned
 regulariser lambda = reg^2), so the whole network trains end to end.
 
-Choices the papers leave open, made here: the per-branch "convolutional
-block" is a 3x3 conv + ReLU; the label encoder is four stride-2 3x3 convs
+The per-branch "convolutional block" follows the authors' code
+(``joint_net.py`` ``residual_basic_block(num_blocks=0, final_conv=True)``): a bias-free 3x3
+conv, for the induction branch followed by InstanceL2Norm
+(``ltr/models/layers/normalization.py``: ``x * scale * sqrt(C h w / (sum x^2 + 1e-5))``
+per image, ``scale = sqrt(1 / (C k^2))``), for the transduction branch plain
+(``l2norm=False``); ``induction_norm="relu"`` keeps the paper-reading variant
+(conv + ReLU on both). Predicted masks are detached before they are re-encoded as
+templates in training (``joint_net.py`` ``mask_pred_prob = torch.sigmoid(mask_pred.clone().detach())``):
+``memorize(train=True)`` applies ``lax.stop_gradient`` to its masks.
+Choices the papers leave open, made here: the label encoder is four stride-2 3x3 convs
 (16, 32, 64, 64 channels) over the mask, then a head per branch (3x3 conv +
 ReLU, 3x3 conv to D + ReLU) and the importance weights W from the induction
 head (3x3 conv to D + sigmoid); the learner starts from a zero kernel. The
 paper crops a search region around the target (5x its size, resized to
-832 x 480); the model here sees whatever frames the caller gives it.
+832 x 480; JOINT ``ltr/data/processing.py`` ``SegProcessing`` with
+``search_area_factor=5.0``, ``output_sz=(832, 480)``, ``crop_type='inside_major'``,
+center / scale jitter train 3 / 0.25, test (5.5, 4.5) / 0.5): that crop belongs on
+the data side and is not implemented yet; the model sees whatever frames the caller gives it.
 
 The cosine decoupling loss (eq. 8) needs both heads' encodings:
 :meth:`JOINT.encode_value` returns them
@@ -72,7 +88,9 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
 
     Fields: backbone, dtype, train_bn, feature_dim (512), attn_dim (C/4), enc_dim (D = 16),
     tau (1/30), label_widths, channels (decoder width, 64), learner_kernel (3),
-    learner_iters_init / learner_iters_update, learner_reg_init (initial reg; lambda = reg^2),
+    learner_iters_init / learner_iters_update (inference, 20 / 3), train_learner_iters_init /
+    train_learner_iters_update (training, 5 / 2), learner_reg_init (initial reg, 0.01; lambda =
+    reg^2), induction_norm ("l2": the code's InstanceL2Norm; "relu": conv + ReLU variant),
     memory_frames (N_max = 20; the engine's ``joint`` policy adds a template every T = 5 frames).
     """
     if variant not in VARIANTS:
@@ -94,7 +112,10 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     c.learner_kernel = 3
     c.learner_iters_init = 20
     c.learner_iters_update = 3
-    c.learner_reg_init = 0.1
+    c.train_learner_iters_init = 5
+    c.train_learner_iters_update = 2
+    c.learner_reg_init = 0.01
+    c.induction_norm = "l2"
     c.memory_frames = 20
     if tiny:
         c.backbone = "resnet18"
@@ -105,6 +126,8 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
         c.channels = 8
         c.learner_iters_init = 2
         c.learner_iters_update = 1
+        c.train_learner_iters_init = 2
+        c.train_learner_iters_update = 1
         c.memory_frames = 3
     return c
 
@@ -123,7 +146,10 @@ class _Settings:
     learner_kernel: int
     learner_iters_init: int
     learner_iters_update: int
+    train_learner_iters_init: int
+    train_learner_iters_update: int
     learner_reg_init: float
+    induction_norm: str
     memory_frames: int
 
 
@@ -139,6 +165,9 @@ def _settings(config: Any) -> _Settings:
         raise VosjaxError(
             f"{fn}: config 'label_widths' must list 4 positive widths (one per stride-2 stage), got {widths}."
         )
+    norm = str(get("induction_norm"))
+    if norm not in ("l2", "relu"):
+        raise VosjaxError(f"{fn}: config 'induction_norm' must be 'l2' or 'relu', got {norm!r}.")
     tau = float(get("tau"))
     if not tau > 0:
         raise VosjaxError(f"{fn}: config 'tau' must be positive, got {tau}.")
@@ -155,18 +184,30 @@ def _settings(config: Any) -> _Settings:
         learner_kernel=kernel,
         learner_iters_init=pos("learner_iters_init"),
         learner_iters_update=pos("learner_iters_update"),
+        train_learner_iters_init=pos("train_learner_iters_init"),
+        train_learner_iters_update=pos("train_learner_iters_update"),
         learner_reg_init=float(get("learner_reg_init")),
+        induction_norm=norm,
         memory_frames=pos("memory_frames"),
     )
 
 
-def _conv(features: int, kernel: int, dtype: Any, stride: int = 1) -> nn.Conv:
+def instance_l2_norm(x: Float[Array, "N h w C"], scale: float, eps: float = 1e-5) -> Array:
+    """InstanceL2Norm of the authors' code: ``x * scale * sqrt(C h w / (sum_{h,w,C} x^2 + eps))``
+    per image (RMS of the output = scale)."""
+    n = x.shape[1] * x.shape[2] * x.shape[3]
+    ss = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=(1, 2, 3), keepdims=True)
+    return (x * (scale * jnp.sqrt(n / (ss + eps))).astype(x.dtype)).astype(x.dtype)
+
+
+def _conv(features: int, kernel: int, dtype: Any, stride: int = 1, bias: bool = True) -> nn.Conv:
     p = (kernel - 1) // 2  # torch-style symmetric padding: size ceil(n / stride)
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
         padding=((p, p), (p, p)),
+        use_bias=bias,
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=chk.KERNEL_INIT,
@@ -206,8 +247,11 @@ class _JointNet(nn.Module):
         self.backbone = backbones.make_backbone(
             s.backbone, stop_at="s32", frozen_bn=not s.train_bn, dtype=s.dtype
         )
-        self.reduce_tra = _conv(s.feature_dim, 3, s.dtype)
-        self.reduce_ind = _conv(s.feature_dim, 3, s.dtype)
+        code = s.induction_norm == "l2"  # the code's final_conv has bias=False
+        self.reduce_tra = _conv(s.feature_dim, 3, s.dtype, bias=not code)
+        self.reduce_ind = _conv(s.feature_dim, 3, s.dtype, bias=not code)
+        # joint_net.py: norm_scale = sqrt(1 / (out_feature_dim * filter_size^2))
+        self.ind_scale = (1.0 / (s.feature_dim * s.learner_kernel**2)) ** 0.5
         self.label_encoder = LabelEncoder(s.enc_dim, s.label_widths, s.dtype)
         self.encoder = TransformerEncoder(s.attn_dim, s.tau, s.dtype)
         self.decoder = TransformerDecoder(s.attn_dim, s.tau, s.dtype)
@@ -219,8 +263,12 @@ class _JointNet(nn.Module):
     def encode(self, x: Float[Array, "N H W 3"], train: bool = False) -> dict[str, Array]:
         f = self.backbone(x, train=train)
         out = {_PROJ[d]: p for d, p in self.segnet.project(f).items()}
-        out["key"] = nn.relu(self.reduce_tra(f["s16"]))
-        out["key_ind"] = nn.relu(self.reduce_ind(f["s16"]))
+        if self.s.induction_norm == "l2":  # the authors' code
+            out["key"] = self.reduce_tra(f["s16"])
+            out["key_ind"] = instance_l2_norm(self.reduce_ind(f["s16"]), self.ind_scale)
+        else:  # paper-reading variant
+            out["key"] = nn.relu(self.reduce_tra(f["s16"]))
+            out["key_ind"] = nn.relu(self.reduce_ind(f["s16"]))
         return out
 
     def labels(self, masks: Float[Array, "N H W"]) -> tuple[Array, Array, Array]:
@@ -417,6 +465,8 @@ class JOINT(BackboneSegnetModel):
                 f"{fn}: memory was built for feat_shape with {bank.keys.shape[2]} positions, the "
                 f"features have {hh} x {ww}; call init_memory with feat_shape=({hh}, {ww})."
             )
+        if train:  # joint_net.py re-encodes sigmoid(mask_pred.detach())
+            masks = lax.stop_gradient(masks)
         enc = self._labels(variables, masks)  # [B, O, T, h, w, D]
         for i in range(t):
             keys = jnp.concatenate([feats["key"][:, i], feats["key_ind"][:, i]], axis=-1)
@@ -446,17 +496,19 @@ class JOINT(BackboneSegnetModel):
         slot = bank.valid[:, None, :, None, None, None].astype(jnp.float32)
         e_ind, wts = v[..., 1, :], v[..., 2, :] * slot
 
+        iters_init = s.train_learner_iters_init if train else s.learner_iters_init
+        iters_update = s.train_learner_iters_update if train else s.learner_iters_update
         need_init = write[:, None] & obj_valid & ~memory.initialized
         do_refit = refit[:, None] & obj_valid & memory.initialized
         zeros = jnp.zeros_like(memory.filters)
         f_init = lax.cond(
             jnp.any(need_init),
-            lambda: self._fit(variables, z_ind, e_ind, wts, zeros, s.learner_iters_init),
+            lambda: self._fit(variables, z_ind, e_ind, wts, zeros, iters_init),
             lambda: zeros,
         )
         f_upd = lax.cond(
             jnp.any(do_refit),
-            lambda: self._fit(variables, z_ind, e_ind, wts, memory.filters, s.learner_iters_update),
+            lambda: self._fit(variables, z_ind, e_ind, wts, memory.filters, iters_update),
             lambda: memory.filters,
         )
         filters = chk.select_rows(do_refit, f_upd, memory.filters)

@@ -9,8 +9,14 @@ refitted). The loss is eq. 10::
 
     L = 1 / (N - 1) sum_{t=1}^{N-1} L_lovasz(Y_t*, Y_t)  +  lambda / N sum_{t=0}^{N-1} L_cos^t
 
-with ``L_lovasz`` the Lovasz-softmax loss of the aggregated class
-probabilities (present classes), ``L_cos^t`` the cosine similarity of the
+with ``L_lovasz`` as in the authors' code (``lovasz="sigmoid_fg"``, default): JOINT
+``ltr/models/loss/segmentation.py`` ``LovaszSegLoss(classes=[1], per_image=False)``
+= ``lovasz_softmax(sigmoid(logits), mask, classes=[1])``: the Lovasz extension of
+the foreground class on each object's sigmoid, all pixels of the batch and of
+the N - 1 frames in one sort (``SegActor`` flattens the frames and sequences);
+``lovasz="softmax_present"`` keeps the paper-reading variant (Lovasz-softmax of
+the aggregated class probabilities over the present classes, background
+included, per frame). ``L_cos^t`` the cosine similarity of the
 two label-encoder heads' encodings ``E_tra``, ``E_ind`` of the mask of frame
 ``t`` (the ground truth for t = 0, the prediction otherwise; eq. 8, one
 cosine per (video, object), averaged over valid objects) and lambda = 0.01.
@@ -36,14 +42,31 @@ from vosjax.objectives.common import (
     take_frames,
 )
 
-__all__ = ["JOINTOptions", "joint_objective"]
+__all__ = ["JOINTOptions", "joint_objective", "lovasz_sigmoid_fg"]
 
 
 @dataclasses.dataclass(frozen=True)
 class JOINTOptions:
-    """``cosine_weight`` = lambda of eq. 10 (0.01)."""
+    """``cosine_weight`` = lambda of eq. 10 (0.01; the code's loss weights segm 100, diff 1);
+    ``lovasz``: ``"sigmoid_fg"`` (the code) or ``"softmax_present"`` (paper reading)."""
 
     cosine_weight: float = 0.01
+    lovasz: str = "sigmoid_fg"
+
+
+def lovasz_sigmoid_fg(
+    logits: Float[Array, "B O T H W"], masks: Float[Array, "B O T H W"], obj_valid: Array
+) -> Float[Array, ""]:
+    """The authors' segmentation loss: Lovasz of the foreground class on ``sigmoid(logits)``
+    over every valid object's pixels of all frames at once (``classes=[1]``, ``per_image=False``)."""
+    p = jax.nn.sigmoid(logits.astype(jnp.float32))
+    fg = (masks > 0.5).astype(jnp.int32)
+    valid = obj_valid[:, :, None, None, None]
+    # invalid objects: zero error (p = 0 on background), they add nothing to the sum
+    p = jnp.where(valid, p, 0.0)
+    fg = jnp.where(valid, fg, 0)
+    probs = jnp.stack([1.0 - p, p], axis=0).reshape((1, 2, -1))  # one image of all pixels
+    return losses.lovasz_softmax(probs, fg.reshape((1, -1)), classes=[1])
 
 
 def joint_objective(
@@ -59,11 +82,19 @@ def joint_objective(
     r = rollout(model, variables, prep, [[t] for t in range(1, T)], refit=True, options=TRAIN_OPTIONS)
     labels = take_frames(prep.labels, r.frames, 1)
     masks = take_frames(prep.masks, r.frames, 2)
-    seg = 0.0
-    for i in range(len(r.frames)):
-        probs = jax.nn.softmax(r.agg[:, :, i], axis=1)  # [B, O + 1, H, W]
-        seg += losses.lovasz_softmax(probs, labels[:, i], classes="present")
-    seg = seg / len(r.frames)
+    if options.lovasz == "sigmoid_fg":
+        seg = lovasz_sigmoid_fg(r.logits, masks, prep.obj_valid)
+    elif options.lovasz == "softmax_present":
+        seg = 0.0
+        for i in range(len(r.frames)):
+            probs = jax.nn.softmax(r.agg[:, :, i], axis=1)  # [B, O + 1, H, W]
+            seg += losses.lovasz_softmax(probs, labels[:, i], classes="present")
+        seg = seg / len(r.frames)
+    else:
+        raise VosjaxError(
+            f"joint objective: option 'lovasz' must be 'sigmoid_fg' or 'softmax_present', got "
+            f"{options.lovasz!r}."
+        )
     # eq. 8 on every frame's mask: ground truth for frame 0, predictions for the others
     all_masks = jnp.concatenate([prep.masks[:, :, :1], r.probs], axis=2)
     order = [0] + list(r.frames)
