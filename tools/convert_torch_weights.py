@@ -1,7 +1,16 @@
-"""Convert a torchvision-layout PyTorch backbone checkpoint into a vosjax backbone.
+"""Convert a PyTorch checkpoint into vosjax: a torchvision-layout backbone, or a whole network.
 
     python tools/convert_torch_weights.py --arch resnet50 --input resnet50.pth --output DIR \
         [--in-channels N] [--stop-at s16] [--strip-prefix P|auto] [--allow-missing] [--overwrite]
+    python tools/convert_torch_weights.py --arch stcn --input stcn.pth --output DIR \
+        [--memory-frames 40] [--allow-missing] [--overwrite]
+
+``--arch stcn`` converts the authors' released STCN checkpoint (``stcn.pth`` or
+``stcn_s0.pth``) into a vosjax bundle that ``python -m vosjax.segment --checkpoint DIR``
+and ``VideoSegmenter(DIR)`` run with the authors' inference settings, and writes
+``DIR/conversion.json`` naming every source tensor and where it went; a tensor it
+cannot place, or (without ``--allow-missing``) a missing one, is an error. See
+``vosjax/models/torch_import_stcn.py`` for the mapping and the settings.
 
 Reads ``.pth`` / ``.pt`` with ``torch.load(weights_only=True)`` (needs the torch extra)
 or ``.safetensors`` with NumPy (no torch), maps the keys onto
@@ -23,6 +32,7 @@ import pathlib
 import sys
 
 _SHOW = 10  # names listed per category on screen; the JSON has all of them
+NETWORKS = ("stcn",)  # whole networks released by their authors (a vosjax bundle each)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="convert_torch_weights.py",
         description="Convert a torchvision-layout PyTorch backbone into a vosjax checkpoint.",
     )
-    p.add_argument("--arch", required=True, choices=backbones.BACKBONES)
+    p.add_argument("--arch", required=True, choices=backbones.BACKBONES + NETWORKS)
     p.add_argument(
         "--input", required=True, type=pathlib.Path, help=".pth / .pt / .safetensors file"
     )
@@ -63,7 +73,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing conversion in --output"
     )
+    p.add_argument(
+        "--memory-frames",
+        type=int,
+        default=None,
+        help="--arch stcn: memory capacity of the bundle in frames (default "
+        "torch_import_stcn.MEMORY_FRAMES, enough for DAVIS / YouTube-VOS videos)",
+    )
     return p
+
+
+def _convert_network(args) -> int:
+    from vosjax.errors import VosjaxError
+    from vosjax.models import torch_import_stcn
+
+    kwargs = {} if args.memory_frames is None else {"memory_frames": args.memory_frames}
+    try:
+        out, report = torch_import_stcn.convert_stcn(
+            args.input,
+            args.output,
+            allow_missing=args.allow_missing,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            **kwargs,
+        )
+    except VosjaxError as e:
+        print(f"convert_torch_weights: error: {e}", file=sys.stderr)
+        return 1
+    print(f"converted {args.input} -> bundle {out}")
+    print(f"  {len(report.converted)} source tensors used (source -> vosjax variable):")
+    for src, ours in report.converted.items():
+        print(f"    {src} -> {ours}")
+    print(_listing("missing (left at initialisation)", report.unmatched))
+    print(_listing("ignored", report.ignored))
+    for note in report.notes:
+        print(f"  note: {note}")
+    print(f"  report: {out / torch_import_stcn.REPORT_FILE}")
+    print(f"  run it: python -m vosjax.segment --checkpoint {out} --frames DAVIS_ROOT --masks DAVIS_ROOT/Annotations --out OUT")
+    return 0
 
 
 def _listing(title: str, names: list[str]) -> str:
@@ -79,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     from vosjax.models import torch_import
 
     args = _parser().parse_args(argv)
+    if args.arch in NETWORKS:
+        return _convert_network(args)
     try:
         state_dict = torch_import.read_state_dict(args.input)
         variables, report = torch_import.convert_state_dict(

@@ -312,3 +312,35 @@ def test_segmenter_errors(toy_engine, toy_variables):
         seg.step(frame, np.zeros((48, 8), np.uint8))
     with pytest.raises(VosjaxError, match="'objects' needs a 'mask'"):
         seg.step(frame, objects=[5])
+
+
+def test_pad_to_pads_like_stm_and_crops_the_outputs(tk, toy_model, toy_variables):
+    from vosjax.inference import steps
+
+    for n in (48, 62, 63, 854, 480):  # the padding of STM / STCN's pad_divide_by(x, 16)
+        extra = (16 - n % 16) % 16
+        assert steps.pad_amounts((n, 16), 16) == ((extra // 2, extra - extra // 2), (0, 0))
+    assert steps.pad_amounts((62, 90), None) == ((0, 0), (0, 0))
+    x = np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 5, 7)
+    pads = steps.pad_amounts((5, 7), 4)
+    np.testing.assert_array_equal(steps.crop_hw(steps.pad_hw(x, pads, 1), pads), x)
+
+    def run(frames, given, **cfg):
+        engine = Engine(toy_model, EngineConfig(max_objects=2, return_probs=True, **cfg))
+        preds = list(run_video(engine, toy_variables, ((f, given.get(t)) for t, f in enumerate(frames))))
+        return engine, np.stack([p.labels for p in preds]), np.stack([p.probs for p in preds])
+
+    frames, labels = tk.make_video(6, (64, 96), appear=(0, 0), seed=3, speed=1.0)
+    given = tk.first_masks(labels)
+    _, lab_a, p_a = run(frames, given)
+    _, lab_b, p_b = run(frames, given, pad_to=16)  # already multiples: no change
+    np.testing.assert_array_equal(lab_a, lab_b)
+    np.testing.assert_allclose(p_a, p_b, atol=1e-6)
+
+    frames, labels = frames[:, 1:63, 3:93], labels[:, 1:63, 3:93]  # 62 x 90
+    given = tk.first_masks(labels)
+    engine, lab, probs = run(frames, given, pad_to=16)
+    assert engine.model_size((62, 90)) == (64, 96) and engine.feat_shape((62, 90)) == (16, 24)
+    assert lab.shape == labels.shape and probs.shape[-2:] == (62, 90)
+    np.testing.assert_array_equal(lab[0], labels[0])
+    assert metrics.evaluate_sequence(labels, lab, object_ids=(1, 2)).j.mean() > 0.6

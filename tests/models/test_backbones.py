@@ -88,7 +88,9 @@ class NpNet:
         return (x - mean) / np.sqrt(var + EPS) * np.asarray(p["scale"]) + np.asarray(p["bias"])
 
     def conv(self, path, x, stride, groups=1):
-        return np_conv(x, np.asarray(_get(self.p, path)["kernel"]), stride, groups)
+        node = _get(self.p, path)
+        y = np_conv(x, np.asarray(node["kernel"]), stride, groups)
+        return y + np.asarray(node["bias"]) if "bias" in node else y
 
     def conv_bn(self, path, x, stride, groups=1, act=None):
         y = self.bn(path + ("1",), self.conv(path + ("0",), x, stride, groups))
@@ -222,13 +224,38 @@ def test_stop_at_returns_prefix_of_strides_and_builds_no_later_stage(name, stop_
         ]
 
 
+def _randomise_conv_biases(variables, seed):
+    """Random conv biases (leaves 'bias' next to a 'kernel'), so that they are not vacuous."""
+    rng = np.random.default_rng(seed)
+
+    def visit(p):
+        for k, v in p.items():
+            if isinstance(v, dict) and "kernel" in v and "bias" in v:
+                v["bias"] = (0.2 * rng.standard_normal(v["bias"].shape)).astype(np.float32)
+            elif isinstance(v, dict):
+                visit(v)
+
+    visit(variables["params"])
+    return variables
+
+
 @pytest.mark.parametrize(
-    "name,in_channels", [("resnet18", 5), ("mobilenet_v2", 3)], ids=["resnet18-in5", "mobilenet_v2"]
+    "name,in_channels,conv_bias",
+    [("resnet18", 5, False), ("resnet18", 5, True), ("mobilenet_v2", 3, False)],
+    ids=["resnet18-in5", "resnet18-in5-conv-bias", "mobilenet_v2"],
 )
-def test_frozen_forward_matches_numpy_reference(name, in_channels):
-    model = make_backbone(name, in_channels=in_channels)
+def test_frozen_forward_matches_numpy_reference(name, in_channels, conv_bias):
+    model = make_backbone(name, in_channels=in_channels, conv_bias=conv_bias)
     x = _image((2, 13, 11, in_channels))
     variables = randomise_bn(_init(model, x.shape), seed=3)
+    if conv_bias:  # STCN's value encoder: a bias on every conv (stem, blocks, shortcuts)
+        n_bias = sum(
+            1
+            for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+            if path[-1].key == "bias" and "bn" not in path[-2].key and path[-2].key != "1"
+        )
+        assert n_bias == 1 + 2 * 8 + 3  # stem, two convs per block, three shortcut convs
+        variables = _randomise_conv_biases(variables, seed=4)
     got = jax.jit(model.apply)(variables, x)
     ref = NpNet(variables, train=False)
     want = ref.mobilenet_v2(x) if name == "mobilenet_v2" else ref.resnet(x, "basic", (2, 2, 2, 2))

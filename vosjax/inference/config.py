@@ -83,6 +83,12 @@ class EngineConfig:
         file path, or None to take ``variables["tracker"]`` of the model bundle.
       resolution: test-time size: frames are resized so that their shorter side
         is this many pixels (None = native size); outputs are resized back.
+      pad_to: None, or d: the (resized) frames and given masks are zero-padded
+        to a multiple of d in height and width, ``floor(extra / 2)`` rows /
+        columns before and the rest after (STM / STCN's test-time handling,
+        d = 16, applied after normalisation, so padding is the ImageNet mean
+        colour); the model runs on the padded frames, its padded predictions
+        go to memory, and outputs are cropped back before any resize.
       return_probs: also return the aggregated probabilities of every frame
         (large: ``f32[B, O+1, L, H, W]``).
     """
@@ -107,6 +113,7 @@ class EngineConfig:
     box_margin: float = 0.0
     tracker: str | None = None
     resolution: int | None = None
+    pad_to: int | None = None
     return_probs: bool = False
 
     def __post_init__(self) -> None:
@@ -119,7 +126,9 @@ class EngineConfig:
             v = getattr(self, name)
             if not _is_int(v) or v < (0 if name == "correction_iters" else 1):
                 raise bad(name, "a positive int" if name != "correction_iters" else "an int >= 0")
-        for name in ("segment_len", "top_k", "mem_every", "memory_frames", "resolution"):
+        for name in (
+            "segment_len", "top_k", "mem_every", "memory_frames", "resolution", "pad_to"
+        ):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):
                 raise bad(name, "None or a positive int")

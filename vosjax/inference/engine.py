@@ -8,7 +8,8 @@ program (``B`` videos at once; ``t`` = index of a frame in its video),
 ``Engine._step`` composes the pure functions of :mod:`vosjax.inference.steps`:
 
 1. :func:`steps.encode`: frames (``uint8``) are ImageNet-normalised on device,
-   resized to the working resolution (``EngineConfig.resolution``), and
+   resized to the working resolution (``EngineConfig.resolution``), zero-padded
+   to a multiple of ``EngineConfig.pad_to`` when set, and
    ``feats = model.encode_key(frames)``;
    :func:`steps.clip_bookkeeping`: the prefix of valid frames, their number, the
    last valid frame and ``t`` of every frame; :func:`steps.given_masks`: the slot
@@ -39,7 +40,8 @@ program (``B`` videos at once; ``t`` = index of a frame in its video),
    where ``refit`` (:mod:`vosjax.inference.policies`): the last frame of a clip
    carries the given masks, so an object is in memory before any later frame
    is read; :func:`steps.update_refs` keeps the given masks as correction references;
-5. :func:`steps.labels`: labels = argmax of ``P`` resized to the input size; the
+5. :func:`steps.labels`: labels = argmax of ``P`` (the padding cropped off) resized
+   to the input size; the
    given pixels of the last frame are copied exactly.
 
 Padding frames (``frame_valid`` False; the tail of a clip cut short at a given
@@ -67,7 +69,7 @@ from vosjax.memory_policy import MemoryPolicy
 from vosjax.models.base import SegmentOptions, Variables, VOSModel
 from vosjax.ops import boxes
 
-__all__ = ["Engine", "MotionFn", "working_size"]
+__all__ = ["Engine", "MotionFn", "model_size", "working_size"]
 
 MotionFn = boxes.MotionFn
 
@@ -83,6 +85,14 @@ def working_size(frame_size: tuple[int, int], resolution: int | None) -> tuple[i
         return hh, ww
     s = resolution / min(hh, ww)
     return max(1, round(hh * s)), max(1, round(ww * s))
+
+
+def model_size(frame_size: tuple[int, int], config: EngineConfig) -> tuple[int, int]:
+    """``(h, w)`` of the model's input: :func:`working_size`, padded up to a multiple of
+    ``config.pad_to`` when set (:func:`vosjax.inference.steps.pad_amounts`)."""
+    h, w = working_size(frame_size, config.resolution)
+    (t, b), (lft, r) = steps.pad_amounts((h, w), config.pad_to)
+    return h + t + b, w + lft + r
 
 
 def _check_new_masks(fn: str, new_masks: Any, b: int, hh: int, ww: int, o: int) -> Any:
@@ -153,9 +163,7 @@ def _check_step_inputs(
             f"{frames.dtype}; pass e.g. np.asarray(frames, np.uint8)."
         )
     hh, ww = frames.shape[2:4]
-    if config.correction_every and state.refs.frames.shape[2:4] != working_size(
-        (hh, ww), config.resolution
-    ):
+    if config.correction_every and state.refs.frames.shape[2:4] != model_size((hh, ww), config):
         raise VosjaxError(
             f"{fn}: the state was made for another frame size; call init_state with "
             f"frame_size={(hh, ww)}."
@@ -219,8 +227,12 @@ class Engine:
         """The resolution the model runs at for frames of ``frame_size`` (H, W)."""
         return working_size(frame_size, self.config.resolution)
 
+    def model_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
+        """The model's input size: the working size, padded to ``config.pad_to`` when set."""
+        return model_size(frame_size, self.config)
+
     def feat_shape(self, frame_size: tuple[int, int]) -> tuple[int, int]:
-        h, w = self.working_size(frame_size)
+        h, w = self.model_size(frame_size)
         return math.ceil(h / self.stride), math.ceil(w / self.stride)
 
     def init_state(
@@ -252,7 +264,7 @@ class Engine:
         box = boxes.box_filter_init((batch, o)) if self.config.box_filter else None
         refs = None
         if self.config.correction_every:
-            refs = zeros_like_refs(batch, o, self.working_size(frame_size))
+            refs = zeros_like_refs(batch, o, self.model_size(frame_size))
         state = EngineState(memory, jnp.zeros((batch, o), bool), zeros, zeros, zeros, box, refs)
         # Distinct buffers for every leaf: the step donates the state, and a buffer shared by
         # two leaves (zeros reused above, or inside the model's memory) cannot be donated twice.
@@ -300,10 +312,10 @@ class Engine:
     ) -> tuple[EngineState, StepOutput]:
         self.num_traces += 1
         model, frame_size = self.model, tuple(frames.shape[2:4])
-        size = self.working_size(frame_size)
-        x, feats = steps.encode(model, variables, frames, size)
+        size, pad_to = self.working_size(frame_size), self.config.pad_to
+        x, feats = steps.encode(model, variables, frames, size, pad_to)
         clip = steps.clip_bookkeeping(frame_valid, state.frame_count)
-        given = steps.given_masks(new_labels, new_extra, clip.has_frames, size)
+        given = steps.given_masks(new_labels, new_extra, clip.has_frames, size, pad_to)
         probs = steps.read(model, variables, state.memory, feats, state.obj_valid, self.options)
         do_correct = steps.correction_frames(self.config.correction_every, clip, given)
         ctx = steps.FrameContext(
@@ -323,5 +335,5 @@ class Engine:
         new_state = steps.write(
             self.policy, model, variables, state, x, feats, agg_probs, clip, given, box_state
         )
-        labels, out_probs = steps.labels(out_probs, clip, given)
+        labels, out_probs = steps.labels(out_probs, clip, given, size, pad_to)
         return new_state, StepOutput(labels, out_probs if self.config.return_probs else None)

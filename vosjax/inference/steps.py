@@ -45,6 +45,39 @@ def resize(x: Array, size: tuple[int, int]) -> Array:
     return jax.image.resize(x, x.shape[:-2] + tuple(size), "linear", antialias=True)
 
 
+def pad_amounts(
+    size: tuple[int, int], pad_to: int | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))`` that pad ``size`` up to multiples of ``pad_to``.
+
+    ``extra = ceil(n / d) * d - n`` per axis, ``floor(extra / 2)`` before and the
+    rest after (STM / STCN); all zero when ``pad_to`` is None.
+    """
+    if not pad_to:
+        return (0, 0), (0, 0)
+    out = []
+    for n in size:
+        extra = -int(n) % int(pad_to)
+        out.append((extra // 2, extra - extra // 2))
+    return out[0], out[1]
+
+
+def pad_hw(x: Array, pads: tuple[tuple[int, int], tuple[int, int]], hw_axis: int) -> Array:
+    """Zero-pad axes ``hw_axis`` and ``hw_axis + 1`` of ``x`` by ``pads``."""
+    if pads == ((0, 0), (0, 0)):
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[hw_axis], widths[hw_axis + 1] = pads
+    return jnp.pad(x, widths)
+
+
+def crop_hw(x: Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    """Undo :func:`pad_hw` on the last two axes."""
+    (t, b), (lft, r) = pads
+    h, w = x.shape[-2:]
+    return x[..., t : h - b, lft : w - r]
+
+
 # -- host-side input checks of Engine.step -------------------------------------------------
 class Clip(NamedTuple):
     """Frame bookkeeping of one clip (:func:`clip_bookkeeping`)."""
@@ -80,12 +113,18 @@ class FrameContext(NamedTuple):
 
 
 def encode(
-    model: VOSModel, variables: Variables, frames: UInt8[Array, "B L H W 3"], size: tuple[int, int]
+    model: VOSModel,
+    variables: Variables,
+    frames: UInt8[Array, "B L H W 3"],
+    size: tuple[int, int],
+    pad_to: int | None = None,
 ) -> tuple[Float[Array, "B L h w 3"], Any]:
-    """``(x, model.encode_key(x))``, ``x`` = the ImageNet-normalised frames resized to ``size``."""
+    """``(x, model.encode_key(x))``, ``x`` = the ImageNet-normalised frames resized to ``size``
+    and zero-padded to multiples of ``pad_to`` (:func:`pad_amounts`)."""
     x = normalize_frames(frames)
     if tuple(size) != tuple(frames.shape[2:4]):
         x = jnp.moveaxis(resize(jnp.moveaxis(x, -1, 2), size), 2, -1)
+    x = pad_hw(x, pad_amounts(size, pad_to), 2)
     return x, model.encode_key(variables, x)
 
 
@@ -104,11 +143,12 @@ def given_masks(
     new_extra: Bool[Array, "B O"],
     has_frames: Bool[Array, " B"],
     size: tuple[int, int],
+    pad_to: int | None = None,
 ) -> Given:
     """Slot one-hot of ``new_labels``; objects given = present there or in ``new_extra``.
 
     The one-hot masks are resized to the working ``size`` only on the (rare)
-    steps that carry masks.
+    steps that carry masks, then zero-padded like the frames (``pad_to``).
     """
     b, hh, ww = new_labels.shape
     o = new_extra.shape[1]
@@ -124,6 +164,7 @@ def given_masks(
             lambda: resize(full.astype(jnp.float32), size),
             lambda: jnp.zeros((b, o, *size), jnp.float32),
         )
+    soft = pad_hw(soft, pad_amounts(size, pad_to), 2)
     return Given(new_labels, obj, any_obj, soft)
 
 
@@ -331,15 +372,24 @@ def write(
 
 
 def labels(
-    probs: Float[Array, "B K L h w"], clip: Clip, given: Given
+    probs: Float[Array, "B K L h w"],
+    clip: Clip,
+    given: Given,
+    size: tuple[int, int] | None = None,
+    pad_to: int | None = None,
 ) -> tuple[UInt8[Array, "B L H W"], Float[Array, "B K L H W"]]:
     """``(labels, P)`` at the input size: argmax of ``P``, the given pixels copied exactly.
+
+    ``P`` has the padding of :func:`encode` (working ``size``, ``pad_to``)
+    cropped off before it is resized to the input size.
 
     On the frame that carries masks, a pixel of a given object that is not in
     its given mask becomes background; padding frames are 0.
     """
     b, hh, ww = given.labels.shape
     length = clip.valid.shape[1]
+    if size is not None:
+        probs = crop_hw(probs, pad_amounts(size, pad_to))
     probs = resize(probs, (hh, ww))
     labels = jnp.argmax(probs, axis=1).astype(jnp.int32)  # [B, L, H, W]
     is_last = jnp.arange(length)[None] == clip.last[:, None]  # [B, L]

@@ -85,15 +85,17 @@ _MBV2_STEM, _MBV2_LAST = 32, 1280
 _KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-    """A bias-free conv with torch's symmetric padding (kernel - 1) // 2."""
+def _conv(
+    features: int, kernel: int, stride: int, dtype: Any, name: str, bias: bool = False
+) -> nn.Conv:
+    """A conv with torch's symmetric padding (kernel - 1) // 2; bias-free unless ``bias``."""
     p = (kernel - 1) // 2
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
         padding=((p, p), (p, p)),
-        use_bias=False,
+        use_bias=bias,
         kernel_init=_KERNEL_INIT,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -142,13 +144,14 @@ class ConvBNAct(nn.Module):
     groups: int = 1
     act: Literal["relu", "relu6", "none"] = "none"
     dtype: Any = jnp.float32
+    conv_bias: bool = False
 
     @nn.compact
     def __call__(
         self, x: Float[Array, "B H W Ci"], use_running_average: bool
     ) -> Float[Array, "B h w Co"]:
         if self.groups == 1:
-            x = _conv(self.features, self.kernel, self.stride, self.dtype, "0")(x)
+            x = _conv(self.features, self.kernel, self.stride, self.dtype, "0", self.conv_bias)(x)
         elif self.groups == self.features == x.shape[-1]:
             x = DepthwiseConv(self.kernel, self.stride, self.dtype, name="0")(x)
         else:
@@ -170,20 +173,22 @@ class BasicBlock(nn.Module):
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    conv_bias: bool = False
     expansion = 1
 
     @nn.compact
     def __call__(
         self, x: Float[Array, "B H W Ci"], use_running_average: bool
     ) -> Float[Array, "B h w Co"]:
-        y = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
+        cb = self.conv_bias
+        y = _conv(self.planes, 3, self.stride, self.dtype, "conv1", cb)(x)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn1")(y))
-        y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
+        y = _conv(self.planes, 3, 1, self.dtype, "conv2", cb)(y)
         y = _bn(use_running_average, self.dtype, "bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.planes:
-            x = ConvBNAct(self.planes, 1, self.stride, dtype=self.dtype, name="downsample")(
-                x, use_running_average
-            )
+            x = ConvBNAct(
+                self.planes, 1, self.stride, dtype=self.dtype, conv_bias=cb, name="downsample"
+            )(x, use_running_average)
         return nn.relu(y + x)
 
 
@@ -197,23 +202,24 @@ class Bottleneck(nn.Module):
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    conv_bias: bool = False
     expansion = 4
 
     @nn.compact
     def __call__(
         self, x: Float[Array, "B H W Ci"], use_running_average: bool
     ) -> Float[Array, "B h w Co"]:
-        out = self.planes * self.expansion
-        y = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+        out, cb = self.planes * self.expansion, self.conv_bias
+        y = _conv(self.planes, 1, 1, self.dtype, "conv1", cb)(x)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn1")(y))
-        y = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(y)
+        y = _conv(self.planes, 3, self.stride, self.dtype, "conv2", cb)(y)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn2")(y))
-        y = _conv(out, 1, 1, self.dtype, "conv3")(y)
+        y = _conv(out, 1, 1, self.dtype, "conv3", cb)(y)
         y = _bn(use_running_average, self.dtype, "bn3")(y)
         if self.stride != 1 or x.shape[-1] != out:
-            x = ConvBNAct(out, 1, self.stride, dtype=self.dtype, name="downsample")(
-                x, use_running_average
-            )
+            x = ConvBNAct(
+                out, 1, self.stride, dtype=self.dtype, conv_bias=cb, name="downsample"
+            )(x, use_running_average)
         return nn.relu(y + x)
 
 
@@ -225,6 +231,7 @@ class _ResNetStage(nn.Module):
     planes: int
     stride: int
     dtype: Any = jnp.float32
+    conv_bias: bool = False
 
     @nn.compact
     def __call__(
@@ -232,7 +239,8 @@ class _ResNetStage(nn.Module):
     ) -> Float[Array, "B h w Co"]:
         cls = BasicBlock if self.block == "basic" else Bottleneck
         for i in range(self.num_blocks):
-            x = cls(self.planes, self.stride if i == 0 else 1, self.dtype, name=str(i))(
+            stride = self.stride if i == 0 else 1
+            x = cls(self.planes, stride, self.dtype, self.conv_bias, name=str(i))(
                 x, use_running_average
             )
         return x
@@ -269,6 +277,8 @@ class ResNet(nn.Module):
       stop_at: last returned stride; later stages are not built.
       frozen_bn: use running BN statistics also when ``train=True`` (never updated).
       dtype: compute dtype; parameters stay float32.
+      conv_bias: every convolution carries a bias (torchvision's have none; STCN's
+        value-encoder ResNet-18 has them, so its released weights need this).
     """
 
     block: Literal["basic", "bottleneck"]
@@ -277,6 +287,7 @@ class ResNet(nn.Module):
     stop_at: Stride = "s32"
     frozen_bn: bool = False
     dtype: Any = jnp.float32
+    conv_bias: bool = False
 
     @nn.compact
     def __call__(
@@ -289,7 +300,7 @@ class ResNet(nn.Module):
         _check_input("ResNet", x, self.in_channels)
         _check_stop_at("ResNet", self.stop_at)
         ura = _use_running_average(train, self.frozen_bn)
-        x = _conv(64, 7, 2, self.dtype, "conv1")(x)
+        x = _conv(64, 7, 2, self.dtype, "conv1", self.conv_bias)(x)
         x = nn.relu(_bn(ura, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         feats: dict[str, jax.Array] = {}
@@ -301,6 +312,7 @@ class ResNet(nn.Module):
                 64 * 2**i,
                 1 if i == 0 else 2,
                 self.dtype,
+                self.conv_bias,
                 name=f"layer{i + 1}",
             )(x, ura)
             feats[STRIDES[i]] = x
@@ -439,6 +451,7 @@ def make_backbone(
     stop_at: Stride = "s32",
     frozen_bn: bool = False,
     dtype: Any = jnp.float32,
+    conv_bias: bool = False,
 ) -> ResNet | MobileNetV2:
     """Build backbone ``name`` (one of :data:`BACKBONES`) in the torchvision layout.
 
@@ -454,12 +467,20 @@ def make_backbone(
             f"make_backbone: in_channels must be a positive integer, got {in_channels!r}."
         )
     if name == "mobilenet_v2":
+        if conv_bias:
+            raise VosjaxError("make_backbone: conv_bias=True is only supported for the ResNets.")
         return MobileNetV2(
             in_channels=in_channels, stop_at=stop_at, frozen_bn=frozen_bn, dtype=dtype
         )
     block, sizes = _RESNET_SPECS[name]
     return ResNet(
-        block, sizes, in_channels=in_channels, stop_at=stop_at, frozen_bn=frozen_bn, dtype=dtype
+        block,
+        sizes,
+        in_channels=in_channels,
+        stop_at=stop_at,
+        frozen_bn=frozen_bn,
+        dtype=dtype,
+        conv_bias=conv_bias,
     )
 
 

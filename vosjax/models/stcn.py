@@ -101,8 +101,12 @@ def default_config(variant: str = "stcn", tiny: bool = False) -> ml_collections.
     features); ``decoder_dims`` (widths after the stride-16 ResBlock and the
     two upsampling steps); ``cbam_reduction``; ``memory_frames`` (bank slots,
     the default capacity; the memory policy may set another); ``train_bn``;
-    ``dtype`` (``"float32"`` / ``"bfloat16"``). The resolution a method runs
-    at is an inference option (``inference.resolution``), not the model's.
+    ``dtype`` (``"float32"`` / ``"bfloat16"``); ``value_conv_bias`` (the value
+    encoder's ResNet convolutions carry biases, as in the authors' STCN, whose
+    value encoder is their own ResNet-18 with biased convolutions; False =
+    torchvision's bias-free layout, the default here; a config without the field
+    means False). The resolution a method runs at is an inference option
+    (``inference.resolution``), not the model's.
     """
     if variant not in VARIANTS:
         raise VosjaxError(
@@ -121,6 +125,7 @@ def default_config(variant: str = "stcn", tiny: bool = False) -> ml_collections.
     c.memory_frames = 16
     c.train_bn = False
     c.dtype = "float32"
+    c.value_conv_bias = False
     if variant == "trickvos":
         c.key_backbone = c.value_backbone = "mobilenet_v2"
         c.key_dim = 32
@@ -160,6 +165,7 @@ class MemoryNetSpec:
     memory_frames: int
     train_bn: bool
     dtype: str
+    value_conv_bias: bool = False
 
     @property
     def compute_dtype(self) -> Any:
@@ -223,7 +229,19 @@ def spec_fields(config: Any, owner: str = "STCN") -> dict[str, Any]:
         "memory_frames": _positive_int(config, "memory_frames", owner),
         "train_bn": train_bn,
         "dtype": _choice(config, "dtype", tuple(DTYPES), owner),
+        "value_conv_bias": _optional_bool(config, "value_conv_bias", owner),
     }
+
+
+def _optional_bool(config: Any, name: str, owner: str) -> bool:
+    """A bool field that older configs (bundles written before it existed) lack: False then."""
+    try:
+        v = config[name]
+    except (KeyError, AttributeError, TypeError):
+        return False
+    if not isinstance(v, bool):
+        raise VosjaxError(f"{owner}: config field 'model.{name}' must be a bool, got {v!r}.")
+    return v
 
 
 # ----------------------------------------------------------------------------- Flax modules
@@ -251,6 +269,7 @@ class MemoryNet(nn.Module):
             stop_at="s16",
             frozen_bn=not s.train_bn,
             dtype=dt,
+            conv_bias=s.value_conv_bias,
         )
         self.fuser = FeatureFusion(s.value_dim, s.cbam_reduction, dt)
         self.query_comp = conv3x3(s.query_comp_dim, dt)
