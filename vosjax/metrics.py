@@ -29,12 +29,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 import numpy as np
-from jaxtyping import Bool, Float, Float64, Integer
 
 from vosjax.errors import VosjaxError
+
+if TYPE_CHECKING:  # annotations only: importing jaxtyping costs the evaluation CLI's start-up
+    from jaxtyping import Bool, Float, Float64, Integer
+
+    Masks = Bool[np.ndarray, "*b H W"]
+    Scores = Float64[np.ndarray, "*b"]
 
 __all__ = [
     "DEFAULT_BOUND_TH",
@@ -49,6 +54,7 @@ __all__ = [
     "dilate_disk",
     "evaluate_sequence",
     "jaccard",
+    "label_scores",
     "summarize",
 ]
 
@@ -57,9 +63,6 @@ DEFAULT_BOUND_TH = 0.008
 
 GLOBAL_MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 """The global measures of the official results table, in its column order."""
-
-Masks = Bool[np.ndarray, "*b H W"]
-Scores = Float64[np.ndarray, "*b"]
 
 # Pixels (frames x H x W) handled per step of the boundary measure: bounds the
 # temporaries to a few MiB while keeping small frames batched.
@@ -146,14 +149,28 @@ def boundary_map(mask: Masks) -> Masks:
 
 
 def _bmap(m: np.ndarray) -> np.ndarray:
+    """:func:`boundary_map` of ``m`` ``[..., H, W]``; for an integer ``m`` it is taken per bit.
+
+    Every operation is an XOR or an OR, so each bit plane of a bit-packed
+    image (one object per bit) gets its own boundary map in the same pass.
+    The interior rule runs on the flattened array (east = next element, south
+    = next row), which is wrong only in the last column and the last row of
+    each image: those are then overwritten by their own rules.
+    """
+    m = np.ascontiguousarray(m)
+    h, w = m.shape[-2:]
+    flat = m.reshape(-1)
+    n0 = max(flat.size - w - 1, 0)
     b = np.empty_like(m)
-    inner = b[..., :-1, :-1]
-    np.not_equal(m[..., :-1, :-1], m[..., :-1, 1:], out=inner)
-    inner |= m[..., :-1, :-1] ^ m[..., 1:, :-1]
-    inner |= m[..., :-1, :-1] ^ m[..., 1:, 1:]
+    bf = b.reshape(-1)
+    here = flat[:n0]
+    np.bitwise_xor(here, flat[1 : 1 + n0], out=bf[:n0])
+    bf[:n0] |= here ^ flat[w : w + n0]
+    bf[:n0] |= here ^ flat[w + 1 : w + 1 + n0]
+    bf[n0:] = 0
     b[..., -1, :-1] = m[..., -1, :-1] ^ m[..., -1, 1:]
     b[..., :-1, -1] = m[..., :-1, -1] ^ m[..., 1:, -1]
-    b[..., -1, -1] = False
+    b[..., -1, -1] = 0
     return b
 
 
@@ -202,31 +219,108 @@ def dilate_disk(mask: Masks, radius: int) -> Masks:
     return _dilate(m.reshape((-1,) + m.shape[-2:]), int(radius)).reshape(m.shape)
 
 
-def _dilate(m: np.ndarray, r: int) -> np.ndarray:
-    """Disk dilation of ``m`` ``[N, H, W]`` (see :func:`dilate_disk`)."""
+class _DiskRuns(NamedTuple):
+    """Zero-padded images, flattened, and their horizontal runs for a disk dilation.
+
+    ``padded`` is ``[N, H + 2 ry, W + 2 rx]`` flattened (row stride ``wp``);
+    ``runs[k][q - k]`` is the OR of ``padded`` over ``q - k .. q + k`` (a row
+    segment: the margins keep it inside the row of any image pixel ``q``);
+    ``half[d]`` is the half-width of the disk's row at vertical offset ``d``.
+    """
+
+    padded: np.ndarray
+    wp: int
+    ry: int
+    rx: int
+    half: list[int]
+    runs: dict[int, np.ndarray]
+
+
+def _scratch(work: dict | None, key, size: int, dtype: np.dtype) -> np.ndarray:
+    """A 1-D buffer of ``size`` elements; reused from ``work`` (grown on demand) when given.
+
+    Reusing buffers across frames matters: fresh large arrays cost page faults
+    that are slower than the ORs written into them.
+    """
+    if work is None:
+        return np.empty(size, dtype)
+    buf = work.get((key, dtype))
+    if buf is None or buf.size < size:
+        buf = work[(key, dtype)] = np.empty(size, dtype)
+    return buf[:size]
+
+
+def _disk_runs(m: np.ndarray, r: int, work: dict | None = None) -> _DiskRuns:
+    """Pad ``m`` ``[N, H, W]`` and build the row runs of every width the disk of radius r needs.
+
+    A run of length L is the OR of two runs of a power of two a >= L / 2 (the
+    second shifted by L - a), so all widths cost a few passes, not one per pixel
+    of half-width. ``work`` (a dict) lends reusable buffers.
+    """
     n, h, w = m.shape
     ry = min(r, h - 1)  # offsets past the image cannot reach a pixel of it
     rx = min(r, w - 1)
     # Half-width of the disk's row at offset dy: the largest k with k^2 + dy^2 <= r^2.
-    half = [math.isqrt(r * r - dy * dy) for dy in range(ry + 1)]
-    padded = np.zeros((n, h + 2 * ry, w + 2 * rx), dtype=bool)
-    padded[:, ry : ry + h, rx : rx + w] = m
-    # row[:, y, x] = OR of padded[:, y, x + rx + k] over |k| <= current half-width.
-    row = padded[:, :, rx : rx + w].copy()
-    out = np.zeros((n, h, w), dtype=bool)
-    # Row offsets grouped by their half-width (capped at rx), visited by growing width.
-    by_width: dict[int, list[int]] = {}
-    for dy in range(-ry, ry + 1):
-        by_width.setdefault(min(half[abs(dy)], rx), []).append(dy)
-    k = 0
-    for width in sorted(by_width):
-        while k < width:
-            k += 1
-            row |= padded[:, :, rx - k : rx - k + w]
-            row |= padded[:, :, rx + k : rx + k + w]
-        for dy in by_width[width]:
-            out |= row[:, ry + dy : ry + dy + h, :]
-    return out
+    half = [min(math.isqrt(r * r - dy * dy), rx) for dy in range(ry + 1)]
+    wp = w + 2 * rx
+    size = n * (h + 2 * ry) * wp
+    flat = _scratch(work, "padded", size, m.dtype)
+    flat[:] = 0
+    flat.reshape(n, h + 2 * ry, wp)[:, ry : ry + h, rx : rx + w] = m
+    one_sided: dict[int, np.ndarray] = {1: flat}  # [i] = OR of flat[i : i + L]
+
+    def run(length: int) -> np.ndarray:
+        if length not in one_sided:
+            a = 1 << (length.bit_length() - 1)
+            base, shift = (run(a // 2), a // 2) if a == length else (run(a), length - a)
+            out = _scratch(work, length, size, m.dtype)
+            np.bitwise_or(base[: size - shift], base[shift:], out=out[: size - shift])
+            out[size - shift :] = base[size - shift :]
+            one_sided[length] = out
+        return one_sided[length]
+
+    runs = {k: run(2 * k + 1) for k in sorted(set(half))}
+    return _DiskRuns(flat, wp, ry, rx, half, runs)
+
+
+def _dilate(m: np.ndarray, r: int) -> np.ndarray:
+    """Disk dilation of ``m`` ``[N, H, W]`` (see :func:`dilate_disk`).
+
+    Only ORs of shifted copies, so an integer ``m`` is dilated bit plane by bit
+    plane (one object per bit) at the cost of a single mask: the row runs of
+    :func:`_disk_runs`, then one OR per row offset of the disk, all on the
+    flattened padded images.
+    """
+    n, h, w = m.shape
+    d = _disk_runs(m, r)
+    size = d.padded.size
+    lo, hi = d.ry * d.wp + d.rx, size - d.ry * d.wp - d.rx
+    out = np.zeros(size, dtype=m.dtype)
+    seg = out[lo:hi]
+    for dy in range(-d.ry, d.ry + 1):
+        k = d.half[abs(dy)]
+        start = lo + dy * d.wp - k
+        seg |= d.runs[k][start : start + (hi - lo)]
+    return out.reshape(n, h + 2 * d.ry, d.wp)[:, d.ry : d.ry + h, d.rx : d.rx + w]
+
+
+def _dilated_at(d: _DiskRuns, q: np.ndarray) -> np.ndarray:
+    """The disk dilation read at the flat padded positions ``q`` only (gathers, no dense pass)."""
+    acc = np.zeros(q.shape, dtype=d.padded.dtype)
+    for dy in range(-d.ry, d.ry + 1):
+        k = d.half[abs(dy)]
+        acc |= d.runs[k][q + (dy * d.wp - k)]
+    return acc
+
+
+def _flat_nonzero(a: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero`` of a contiguous 1-D array, scanning 8 bytes at a time when it is sparse."""
+    per = 8 // a.dtype.itemsize if a.dtype.itemsize < 8 else 0
+    if per == 0 or a.size % per:
+        return np.flatnonzero(a)
+    words = np.flatnonzero(a.view(np.uint64))
+    cand = (words[:, None] * per + np.arange(per)).reshape(-1)
+    return cand[a[cand] != 0]
 
 
 def _bbox(any_rows: np.ndarray, any_cols: np.ndarray) -> tuple[slice, slice] | None:
@@ -311,6 +405,134 @@ def boundary_f(gt: Masks, pred: Masks, bound_th: float = DEFAULT_BOUND_TH) -> Sc
     s = p + r
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(s == 0, 0.0, 2.0 * p * r / s)
+
+
+# --------------------------------------------------------------------------- label maps
+
+# Objects handled together: gt and prediction masks of each take one bit of a
+# uint64 word, so at most 32 objects share a bit-packed image.
+_MAX_PACKED = 32
+
+
+def _packed_dtype(n: int) -> np.dtype:
+    """Smallest unsigned dtype holding ``2 n`` bits."""
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if 2 * n <= 8 * np.dtype(dt).itemsize:
+            return np.dtype(dt)
+    raise AssertionError(n)
+
+
+def _bit_counts(vals: np.ndarray, nbits: int) -> np.ndarray:
+    """Number of elements of the 1-D unsigned ``vals`` with bit ``k`` set, for ``k < nbits``."""
+    size = vals.dtype.itemsize
+    if vals.size == 0:
+        return np.zeros(nbits, np.int64)
+    octets = vals.astype(f"<u{size}", copy=False).view(np.uint8).reshape(-1, size)
+    bits = np.unpackbits(octets, axis=1, bitorder="little")
+    return bits.sum(axis=0, dtype=np.int64)[:nbits]
+
+
+def _pack(gt: np.ndarray, pred: np.ndarray, ids: Sequence[int], dt: np.dtype) -> np.ndarray:
+    """Bit-packed masks: bit i is ``gt == ids[i]``, bit n + i is ``pred == ids[i]``."""
+    n = len(ids)
+    z = np.zeros(gt.shape, dt)
+    for i, k in enumerate(ids):
+        np.bitwise_or(z, dt.type(1 << i), out=z, where=gt == k)
+        np.bitwise_or(z, dt.type(1 << (n + i)), out=z, where=pred == k)
+    return z
+
+
+def _packed_scores(z: np.ndarray, n: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """J and F ``[n, T]`` of the bit-packed ``z`` ``[T, H, W]`` (see :func:`_pack`)."""
+    t_len, h, w = z.shape
+    dt = z.dtype.type
+    j = np.empty((n, t_len))
+    counts = np.zeros((4, n, t_len), np.int64)  # n_gt, n_fg, gt_match, fg_match
+    masks = [dt((1 << i) | (1 << (n + i))) for i in range(n)]
+    work: dict = {}
+    for t in range(t_len):
+        zt = z[t]
+        for i, m in enumerate(masks):
+            zm = zt & m
+            union = np.count_nonzero(zm)
+            j[i, t] = 1.0 if union == 0 else np.count_nonzero(zm == m) / np.float64(union)
+        bt = _bmap(zt).reshape(-1)
+        idx = _flat_nonzero(bt)
+        if idx.size == 0:
+            continue
+        rows, cols = np.divmod(idx, w)
+        y0, x0 = int(rows.min()), int(cols.min())
+        # Matches only happen at boundary pixels and only involve boundary pixels within r,
+        # so the dilation of the bounding box of all boundaries (zero outside) is exact there.
+        crop = bt.reshape(h, w)[y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1]
+        d = _disk_runs(crop[None], r, work)
+        dil = _dilated_at(d, (rows - y0 + d.ry) * d.wp + (cols - x0 + d.rx))
+        vals = bt[idx]
+        # gt bit i is matched by the dilated prediction bit n + i, and the other way round.
+        matched = vals & ((dil >> dt(n)) | (dil << dt(n)))
+        both = _bit_counts(vals, 2 * n)
+        hits = _bit_counts(matched, 2 * n)
+        counts[0, :, t], counts[1, :, t] = both[:n], both[n:]
+        counts[2, :, t], counts[3, :, t] = hits[:n], hits[n:]
+    return j, _f_from_counts(*counts)
+
+
+def _f_from_counts(n_gt, n_fg, gt_match, fg_match) -> np.ndarray:
+    """F from the four boundary counts, with the toolkit's empty-boundary rules."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(n_fg == 0, 1.0, fg_match / n_fg.astype(np.float64))
+        recall = np.where(n_gt == 0, 1.0, gt_match / n_gt.astype(np.float64))
+    precision = np.where((n_fg > 0) & (n_gt == 0), 0.0, precision)
+    recall = np.where((n_fg == 0) & (n_gt > 0), 0.0, recall)
+    s = precision + recall
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(s == 0, 0.0, 2.0 * precision * recall / s)
+
+
+def label_scores(
+    gt_labels: Integer[np.ndarray, "T H W"],
+    pred_labels: Integer[np.ndarray, "T H W"],
+    object_ids: Sequence[int],
+    bound_th: float = DEFAULT_BOUND_TH,
+) -> tuple[Float64[np.ndarray, "O T"], Float64[np.ndarray, "O T"]]:
+    """J and F of every object and frame straight from two label-map videos.
+
+    Equal to ``jaccard(gt_labels == k, pred_labels == k)`` and
+    ``boundary_f(gt_labels == k, pred_labels == k, bound_th)`` for each
+    ``k`` of ``object_ids`` (row i is ``object_ids[i]``), computed for many
+    objects at once: the gt and predicted masks of up to 32 objects are packed
+    into the bits of one unsigned integer image (object i: bit i for the
+    ground truth, bit n + i for the prediction). The boundary map and the disk
+    dilation are bitwise (XOR / OR of shifted copies), so one pass over the
+    packed image gives every object's boundaries, and one dilation gives both
+    sides' dilated boundaries of every object; the matches are then read at the
+    boundary pixels only. No void handling and no frame exclusion here (see
+    :func:`evaluate_sequence`).
+
+    Args:
+      gt_labels: integer label maps ``[T, H, W]``.
+      pred_labels: integer label maps, same shape.
+      object_ids: the ids to score.
+      bound_th: boundary tolerance of :func:`boundary_f`.
+
+    Returns:
+      ``(j, f)``, float64 ``[len(object_ids), T]`` each.
+    """
+    gt, pred = np.asarray(gt_labels), np.asarray(pred_labels)
+    ids = [int(k) for k in object_ids]
+    t_len, h, w = gt.shape
+    r = boundary_radius(bound_th, h, w)
+    j, f = np.zeros((len(ids), t_len)), np.zeros((len(ids), t_len))
+    for start in range(0, len(ids), _MAX_PACKED):
+        group = ids[start : start + _MAX_PACKED]
+        dt = _packed_dtype(len(group))
+        step = max(1, _CHUNK_PIXELS // (h * w))
+        for t0 in range(0, t_len, step):
+            sl = slice(t0, min(t_len, t0 + step))
+            z = _pack(gt[sl], pred[sl], group, dt)
+            rows = slice(start, start + len(group))
+            j[rows, sl], f[rows, sl] = _packed_scores(z, len(group), r)
+    return j, f
 
 
 # --------------------------------------------------------------------------- statistics
@@ -479,13 +701,7 @@ def evaluate_sequence(
             f"{fn}: the prediction contains object id(s) {extra} that are not objects of the "
             f"ground truth (objects {list(ids)}); relabel the prediction or pass 'object_ids'."
         )
-    num_frames = gt.shape[0]
-    j = np.zeros((len(ids), num_frames))
-    f = np.zeros((len(ids), num_frames))
-    for row, k in enumerate(ids):
-        g, p = gt == k, pred == k
-        j[row] = jaccard(g, p)
-        f[row] = boundary_f(g, p, bound_th)
+    j, f = label_scores(gt, pred, ids, bound_th)
     return SequenceScores(ids, j, f)
 
 
