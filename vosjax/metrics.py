@@ -148,26 +148,30 @@ def boundary_map(mask: Masks) -> Masks:
     return _bmap(m)
 
 
-def _bmap(m: np.ndarray) -> np.ndarray:
+def _bmap(m: np.ndarray, work: dict | None = None) -> np.ndarray:
     """:func:`boundary_map` of ``m`` ``[..., H, W]``; for an integer ``m`` it is taken per bit.
 
     Every operation is an XOR or an OR, so each bit plane of a bit-packed
     image (one object per bit) gets its own boundary map in the same pass.
     The interior rule runs on the flattened array (east = next element, south
     = next row), which is wrong only in the last column and the last row of
-    each image: those are then overwritten by their own rules.
+    each image: those are then overwritten by their own rules. ``work`` (a
+    dict, see :func:`_scratch`) lends the output and temporary buffers.
     """
     m = np.ascontiguousarray(m)
     h, w = m.shape[-2:]
     flat = m.reshape(-1)
     n0 = max(flat.size - w - 1, 0)
-    b = np.empty_like(m)
-    bf = b.reshape(-1)
+    bf = _scratch(work, "bmap", flat.size, m.dtype)
+    tmp = _scratch(work, "bmap_tmp", n0, m.dtype)
     here = flat[:n0]
     np.bitwise_xor(here, flat[1 : 1 + n0], out=bf[:n0])
-    bf[:n0] |= here ^ flat[w : w + n0]
-    bf[:n0] |= here ^ flat[w + 1 : w + 1 + n0]
+    np.bitwise_xor(here, flat[w : w + n0], out=tmp)
+    bf[:n0] |= tmp
+    np.bitwise_xor(here, flat[w + 1 : w + 1 + n0], out=tmp)
+    bf[:n0] |= tmp
     bf[n0:] = 0
+    b = bf.reshape(m.shape)
     b[..., -1, :-1] = m[..., -1, :-1] ^ m[..., -1, 1:]
     b[..., :-1, -1] = m[..., :-1, -1] ^ m[..., 1:, -1]
     b[..., -1, -1] = 0
@@ -432,49 +436,66 @@ def _bit_counts(vals: np.ndarray, nbits: int) -> np.ndarray:
     return bits.sum(axis=0, dtype=np.int64)[:nbits]
 
 
-def _pack(gt: np.ndarray, pred: np.ndarray, ids: Sequence[int], dt: np.dtype) -> np.ndarray:
-    """Bit-packed masks: bit i is ``gt == ids[i]``, bit n + i is ``pred == ids[i]``."""
+def _pack(g: np.ndarray, p: np.ndarray, ids: Sequence[int], dt: np.dtype, work: dict) -> np.ndarray:
+    """Bit-packed masks of one frame: bit i is ``g == ids[i]``, bit n + i is ``p == ids[i]``."""
     n = len(ids)
-    z = np.zeros(gt.shape, dt)
+    z = _scratch(work, "z", g.size, dt).reshape(g.shape)
+    eq = _scratch(work, "eq", g.size, np.dtype(bool)).reshape(g.shape)
+    tmp = _scratch(work, "pack_tmp", g.size, dt).reshape(g.shape)
+    if list(ids) == list(range(1, n + 1)) and g.dtype.kind == "u" and p.dtype.kind == "u":
+        if int(g.max()) <= n and int(p.max()) <= n:
+            # Labels 0..n only: id k -> bit k - 1 is (1 << k) >> 1, and 0 -> no bit.
+            np.left_shift(dt.type(1), g, out=z)
+            z >>= dt.type(1)
+            np.left_shift(dt.type(1), p, out=tmp)
+            tmp >>= dt.type(1)
+            tmp <<= dt.type(n)
+            z |= tmp
+            return z
+    z[...] = 0
     for i, k in enumerate(ids):
-        np.bitwise_or(z, dt.type(1 << i), out=z, where=gt == k)
-        np.bitwise_or(z, dt.type(1 << (n + i)), out=z, where=pred == k)
+        for labels, bit in ((g, i), (p, n + i)):
+            np.equal(labels, k, out=eq)
+            np.left_shift(eq.view(np.uint8), dt.type(bit), out=tmp)
+            z |= tmp
     return z
 
 
-def _packed_scores(z: np.ndarray, n: int, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """J and F ``[n, T]`` of the bit-packed ``z`` ``[T, H, W]`` (see :func:`_pack`)."""
-    t_len, h, w = z.shape
+def _frame_counts(
+    z: np.ndarray, n: int, r: int, work: dict, j: np.ndarray, counts: np.ndarray
+) -> None:
+    """J (into ``j[:, ]``) and the four boundary counts (into ``counts[:, :]``) of one packed frame.
+
+    ``z`` ``[H, W]`` is :func:`_pack`'s image; ``j`` is ``[n]``, ``counts`` is
+    ``[4, n]``: n_gt, n_fg, gt_match, fg_match.
+    """
+    h, w = z.shape
     dt = z.dtype.type
-    j = np.empty((n, t_len))
-    counts = np.zeros((4, n, t_len), np.int64)  # n_gt, n_fg, gt_match, fg_match
-    masks = [dt((1 << i) | (1 << (n + i))) for i in range(n)]
-    work: dict = {}
-    for t in range(t_len):
-        zt = z[t]
-        for i, m in enumerate(masks):
-            zm = zt & m
-            union = np.count_nonzero(zm)
-            j[i, t] = 1.0 if union == 0 else np.count_nonzero(zm == m) / np.float64(union)
-        bt = _bmap(zt).reshape(-1)
-        idx = _flat_nonzero(bt)
-        if idx.size == 0:
-            continue
-        rows, cols = np.divmod(idx, w)
-        y0, x0 = int(rows.min()), int(cols.min())
-        # Matches only happen at boundary pixels and only involve boundary pixels within r,
-        # so the dilation of the bounding box of all boundaries (zero outside) is exact there.
-        crop = bt.reshape(h, w)[y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1]
-        d = _disk_runs(crop[None], r, work)
-        dil = _dilated_at(d, (rows - y0 + d.ry) * d.wp + (cols - x0 + d.rx))
-        vals = bt[idx]
-        # gt bit i is matched by the dilated prediction bit n + i, and the other way round.
-        matched = vals & ((dil >> dt(n)) | (dil << dt(n)))
-        both = _bit_counts(vals, 2 * n)
-        hits = _bit_counts(matched, 2 * n)
-        counts[0, :, t], counts[1, :, t] = both[:n], both[n:]
-        counts[2, :, t], counts[3, :, t] = hits[:n], hits[n:]
-    return j, _f_from_counts(*counts)
+    zm = _scratch(work, "zm", z.size, z.dtype).reshape(z.shape)
+    eq = _scratch(work, "eq", z.size, np.dtype(bool)).reshape(z.shape)
+    for i in range(n):
+        m = dt((1 << i) | (1 << (n + i)))
+        np.bitwise_and(z, m, out=zm)
+        union = np.count_nonzero(zm)
+        np.equal(zm, m, out=eq)
+        j[i] = 1.0 if union == 0 else np.count_nonzero(eq) / np.float64(union)
+    bt = _bmap(z, work).reshape(-1)
+    idx = _flat_nonzero(bt)
+    if idx.size == 0:
+        counts[:] = 0
+        return
+    rows, cols = np.divmod(idx, w)
+    y0, x0 = int(rows.min()), int(cols.min())
+    # Matches only happen at boundary pixels and only involve boundary pixels within r, so
+    # the dilation of the bounding box of all boundaries (zero outside) is exact there.
+    crop = bt.reshape(h, w)[y0 : int(rows.max()) + 1, x0 : int(cols.max()) + 1]
+    d = _disk_runs(crop[None], r, work)
+    dil = _dilated_at(d, (rows - y0 + d.ry) * d.wp + (cols - x0 + d.rx))
+    vals = bt[idx]
+    # gt bit i is matched by the dilated prediction bit n + i, and the other way round.
+    matched = vals & ((dil >> dt(n)) | (dil << dt(n)))
+    both, hits = _bit_counts(vals, 2 * n), _bit_counts(matched, 2 * n)
+    counts[0], counts[1], counts[2], counts[3] = both[:n], both[n:], hits[:n], hits[n:]
 
 
 def _f_from_counts(n_gt, n_fg, gt_match, fg_match) -> np.ndarray:
@@ -522,17 +543,17 @@ def label_scores(
     ids = [int(k) for k in object_ids]
     t_len, h, w = gt.shape
     r = boundary_radius(bound_th, h, w)
-    j, f = np.zeros((len(ids), t_len)), np.zeros((len(ids), t_len))
+    j = np.zeros((len(ids), t_len))
+    counts = np.zeros((4, len(ids), t_len), np.int64)
     for start in range(0, len(ids), _MAX_PACKED):
         group = ids[start : start + _MAX_PACKED]
+        rows = slice(start, start + len(group))
         dt = _packed_dtype(len(group))
-        step = max(1, _CHUNK_PIXELS // (h * w))
-        for t0 in range(0, t_len, step):
-            sl = slice(t0, min(t_len, t0 + step))
-            z = _pack(gt[sl], pred[sl], group, dt)
-            rows = slice(start, start + len(group))
-            j[rows, sl], f[rows, sl] = _packed_scores(z, len(group), r)
-    return j, f
+        work: dict = {}  # buffers reused frame after frame
+        for t in range(t_len):
+            z = _pack(gt[t], pred[t], group, dt, work)
+            _frame_counts(z, len(group), r, work, j[rows, t], counts[:, rows, t])
+    return j, _f_from_counts(*counts)
 
 
 # --------------------------------------------------------------------------- statistics
