@@ -36,21 +36,42 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
 import numpy as np
 
 # DAVIS 2017 val: (frames, objects) per sequence, in the order of val.txt.
 DAVIS17_VAL = (
-    ("bike-packing", 69, 2), ("blackswan", 50, 1), ("bmx-trees", 80, 2), ("breakdance", 84, 1),
-    ("camel", 90, 1), ("car-roundabout", 75, 1), ("car-shadow", 40, 1), ("cows", 104, 1),
-    ("dance-twirl", 90, 1), ("dog", 60, 1), ("dogs-jump", 66, 3), ("drift-chicane", 52, 1),
-    ("drift-straight", 50, 1), ("goat", 90, 1), ("gold-fish", 78, 5), ("horsejump-high", 50, 2),
-    ("india", 81, 3), ("judo", 34, 2), ("kite-surf", 50, 3), ("lab-coat", 47, 5),
-    ("libby", 49, 1), ("loading", 50, 3), ("mbike-trick", 79, 2), ("motocross-jump", 40, 2),
-    ("paragliding-launch", 80, 3), ("parkour", 100, 1), ("pigs", 79, 3), ("scooter-black", 43, 2),
-    ("shooting", 40, 3), ("soapbox", 99, 3),
+    ("bike-packing", 69, 2),
+    ("blackswan", 50, 1),
+    ("bmx-trees", 80, 2),
+    ("breakdance", 84, 1),
+    ("camel", 90, 1),
+    ("car-roundabout", 75, 1),
+    ("car-shadow", 40, 1),
+    ("cows", 104, 1),
+    ("dance-twirl", 90, 1),
+    ("dog", 60, 1),
+    ("dogs-jump", 66, 3),
+    ("drift-chicane", 52, 1),
+    ("drift-straight", 50, 1),
+    ("goat", 90, 1),
+    ("gold-fish", 78, 5),
+    ("horsejump-high", 50, 2),
+    ("india", 81, 3),
+    ("judo", 34, 2),
+    ("kite-surf", 50, 3),
+    ("lab-coat", 47, 5),
+    ("libby", 49, 1),
+    ("loading", 50, 3),
+    ("mbike-trick", 79, 2),
+    ("motocross-jump", 40, 2),
+    ("paragliding-launch", 80, 3),
+    ("parkour", 100, 1),
+    ("pigs", 79, 3),
+    ("scooter-black", 43, 2),
+    ("shooting", 40, 3),
+    ("soapbox", 99, 3),
 )
 H, W = 480, 854
 _STAMP = "vosjax-evaluate-bench-v1"
@@ -80,15 +101,15 @@ def _sequence(rng: np.random.Generator, frames: int, objects: int):
     objs = []
     for _ in range(objects):
         objs.append(
-            dict(
-                c=rng.uniform((80, 120), (H - 80, W - 120)),
-                v=rng.uniform(-3, 3, 2),
-                r=rng.uniform(25, 120, 2),
-                phase=rng.uniform(0, 2 * np.pi, 3),
-                amp=rng.uniform(0, 0.15, 3),
-                spin=rng.uniform(-0.05, 0.05),
-                lost=int(rng.integers(frames // 2, frames * 2)),  # > frames: never lost
-            )
+            {
+                "c": rng.uniform((80, 120), (H - 80, W - 120)),
+                "v": rng.uniform(-3, 3, 2),
+                "r": rng.uniform(25, 120, 2),
+                "phase": rng.uniform(0, 2 * np.pi, 3),
+                "amp": rng.uniform(0, 0.15, 3),
+                "spin": rng.uniform(-0.05, 0.05),
+                "lost": int(rng.integers(frames // 2, frames * 2)),  # > frames: never lost
+            }
         )
     for t in range(frames):
         for k, o in enumerate(objs, start=1):
@@ -102,7 +123,9 @@ def _sequence(rng: np.random.Generator, frames: int, objects: int):
                 continue  # the method lost this object for a few frames
             g = 1.0 + rng.normal(0, 0.06)
             sy, sx = rng.normal(0, 3, 2)
-            _paint(pred[t], k, cy + sy, cx + sx, ry * g, rx * g, ph + rng.normal(0, 0.1, 3), o["amp"])
+            _paint(
+                pred[t], k, cy + sy, cx + sx, ry * g, rx * g, ph + rng.normal(0, 0.1, 3), o["amp"]
+            )
         edge = gt[t] != np.roll(gt[t], 1, axis=1)
         void = edge & (rng.random((H, W)) < 0.3)
         gt[t][void] = 255
@@ -151,8 +174,18 @@ def _wall(cmd: list[str], cwd: str | None = None, env: dict | None = None) -> fl
 
 
 def _vosjax_cmd(data: pathlib.Path, out: pathlib.Path, workers: int | None) -> list[str]:
-    cmd = [sys.executable, "-m", "vosjax.evaluate", "--gt", str(data), "--results",
-           str(data / "results"), "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vosjax.evaluate",
+        "--gt",
+        str(data),
+        "--results",
+        str(data / "results"),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     return cmd + ([] if workers is None else ["--workers", str(workers)])
 
 
@@ -160,8 +193,16 @@ def _official_run(official: pathlib.Path, data: pathlib.Path) -> float:
     """One run of the toolkit's own ``evaluation_method.py`` (semi-supervised), CSVs removed first."""
     for name in ("global_results-val.csv", "per-sequence_results-val.csv"):
         (data / "results" / name).unlink(missing_ok=True)
-    cmd = [sys.executable, str(official / "evaluation_method.py"), "--task", "semi-supervised",
-           "--davis_path", str(data), "--results_path", str(data / "results")]
+    cmd = [
+        sys.executable,
+        str(official / "evaluation_method.py"),
+        "--task",
+        "semi-supervised",
+        "--davis_path",
+        str(data),
+        "--results_path",
+        str(data / "results"),
+    ]
     return _wall(cmd, cwd=str(official))
 
 
@@ -181,8 +222,15 @@ def _parts(data: pathlib.Path, sequences, repeats: int) -> None:
     def load():
         out = []
         for name, _, _ in sequences:
-            gt = np.stack([read_label_ids(p) for p in sorted((data / "Annotations/480p" / name).glob("*.png"))])
-            pr = np.stack([read_label_ids(p) for p in sorted((data / "results" / name).glob("*.png"))])
+            gt = np.stack(
+                [
+                    read_label_ids(p)
+                    for p in sorted((data / "Annotations/480p" / name).glob("*.png"))
+                ]
+            )
+            pr = np.stack(
+                [read_label_ids(p) for p in sorted((data / "results" / name).glob("*.png"))]
+            )
             gt[gt == 255] = 0
             out.append((gt[1:-1], pr[1:-1], tuple(range(1, int(gt[0].max()) + 1))))
         return out
@@ -198,12 +246,21 @@ def _parts(data: pathlib.Path, sequences, repeats: int) -> None:
     rows = [
         ("decode (all gt + result PNGs)", load, f"{pngs} PNGs"),
         ("J per object (jaccard)", per_object(metrics.jaccard), f"{obj_frames} object-frames"),
-        ("F per object (boundary_f)", per_object(metrics.boundary_f), f"{obj_frames} object-frames"),
-        ("J + F packed (label_scores)", lambda: [metrics.label_scores(g, p, ids) for g, p, ids in videos],
-         f"{frames} frames"),
+        (
+            "F per object (boundary_f)",
+            per_object(metrics.boundary_f),
+            f"{obj_frames} object-frames",
+        ),
+        (
+            "J + F packed (label_scores)",
+            lambda: [metrics.label_scores(g, p, ids) for g, p, ids in videos],
+            f"{frames} frames",
+        ),
     ]
-    print(f"\nparts, one process, {len(sequences)} sequences ({frames} scored frames, "
-          f"{obj_frames} object-frames), median of {repeats}:")
+    print(
+        f"\nparts, one process, {len(sequences)} sequences ({frames} scored frames, "
+        f"{obj_frames} object-frames), median of {repeats}:"
+    )
     for label, fn, what in rows:
         times = []
         for _ in range(repeats):
@@ -232,10 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     make_dataset(data, seqs)
     print(machine_line() + f" | {os.cpu_count()} CPUs")
-    print(f"data: {data} ({len(seqs)} sequences at {W}x{H}, {sum(s[1] for s in seqs)} frames, "
-          f"{sum(s[2] for s in seqs)} objects; ready in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"data: {data} ({len(seqs)} sequences at {W}x{H}, {sum(s[1] for s in seqs)} frames, "
+        f"{sum(s[2] for s in seqs)} objects; ready in {time.perf_counter() - t0:.1f} s)"
+    )
     repo = pathlib.Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+    )
     official = pathlib.Path(args.official).resolve() if args.official else None
     ours: list[float] = []
     theirs: list[float] = []
@@ -247,15 +309,19 @@ def main(argv: list[str] | None = None) -> int:
                 theirs.append(_official_run(official, data))
         ours_row = _global_row(out / "global_results.csv")
     print(f"\nend to end, wall-clock, start-up included, median of {repeats}:")
-    print(f"  vosjax   python -m vosjax.evaluate (workers: {args.workers or 'default'}) {_median(ours)}")
+    print(
+        f"  vosjax   python -m vosjax.evaluate (workers: {args.workers or 'default'}) {_median(ours)}"
+    )
     if official is not None:
         print(f"  official evaluation_method.py (one process)  {_median(theirs)}")
         ratio = statistics.median(theirs) / statistics.median(ours)
         print(f"  ratio official / vosjax: {ratio:.2f}x")
         theirs_row = _global_row(data / "results" / "global_results-val.csv")
         same = [float(a) for a in ours_row] == [float(b) for b in theirs_row]
-        print(f"  global numbers (3 decimals) {'identical' if same else 'DIFFER'}: "
-              f"vosjax {ours_row} official {theirs_row}")
+        print(
+            f"  global numbers (3 decimals) {'identical' if same else 'DIFFER'}: "
+            f"vosjax {ours_row} official {theirs_row}"
+        )
     if not args.no_parts:
         _parts(data, seqs[: args.parts_sequences], repeats)
     return 0
