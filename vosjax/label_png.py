@@ -20,8 +20,12 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: jaxtyping is a start-up cost here
+    from jaxtyping import UInt8
 
 __all__ = ["read_label_ids"]
 
@@ -70,7 +74,7 @@ def _palette_ids(data: bytes) -> np.ndarray | None:
     return np.ascontiguousarray(rows[:, 1:])
 
 
-def read_label_ids(path: str | os.PathLike) -> np.ndarray:
+def read_label_ids(path: str | os.PathLike) -> UInt8[np.ndarray, "H W"]:
     """Label map ``uint8[H, W]`` of a mask PNG, as ``vosjax.data.io.read_label_png(path)[0]``."""
     try:
         with open(path, "rb") as f:
