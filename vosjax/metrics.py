@@ -72,10 +72,6 @@ DEFAULT_BOUND_TH = 0.008
 GLOBAL_MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 """The global measures of the official results table, in its column order."""
 
-# Pixels (frames x H x W) handled per step of the boundary measure: bounds the
-# temporaries to a few MiB while keeping small frames batched.
-_CHUNK_PIXELS = 1 << 19
-
 
 # --------------------------------------------------------------------------- validation
 
@@ -335,35 +331,6 @@ def _flat_nonzero(a: np.ndarray) -> np.ndarray:
     return cand[a[cand] != 0]
 
 
-def _bbox(any_rows: np.ndarray, any_cols: np.ndarray) -> tuple[slice, slice] | None:
-    rows, cols = np.flatnonzero(any_rows), np.flatnonzero(any_cols)
-    if rows.size == 0:
-        return None
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
-def _boundary_counts(gt: np.ndarray, pred: np.ndarray, r: int) -> tuple[np.ndarray, ...]:
-    """Counts (n_gt, n_fg, gt_match, fg_match) per mask of ``[N, H, W]`` inputs."""
-    n, h, w = gt.shape
-    counts = np.zeros((4, n), dtype=np.int64)
-    step = max(1, _CHUNK_PIXELS // (h * w))
-    for start in range(0, n, step):
-        sl = slice(start, min(n, start + step))
-        gb, pb = _bmap(gt[sl]), _bmap(pred[sl])
-        counts[0, sl] = np.count_nonzero(gb, axis=(1, 2))
-        counts[1, sl] = np.count_nonzero(pb, axis=(1, 2))
-        both = gb | pb
-        # Matches only happen at boundary pixels and only depend on boundary pixels
-        # within r, so cropping to the union of both boundaries' bounding box is exact.
-        box = _bbox(both.any(axis=(0, 2)), both.any(axis=(0, 1)))
-        if box is None:
-            continue
-        gb, pb = gb[:, box[0], box[1]], pb[:, box[0], box[1]]
-        counts[2, sl] = np.count_nonzero(gb & _dilate(pb, r), axis=(1, 2))
-        counts[3, sl] = np.count_nonzero(pb & _dilate(gb, r), axis=(1, 2))
-    return tuple(counts)
-
-
 def boundary_precision_recall(
     gt: Masks, pred: Masks, bound_th: float = DEFAULT_BOUND_TH
 ) -> tuple[Scores, Scores]:
@@ -388,7 +355,17 @@ def boundary_precision_recall(
     r = boundary_radius(bound_th, h, w)
     lead = gt.shape[:-2]
     flat_gt, flat_pred = gt.reshape(-1, h, w), pred.reshape(-1, h, w)
-    n_gt, n_fg, gt_match, fg_match = _boundary_counts(flat_gt, flat_pred, r)
+    n = flat_gt.shape[0]
+    # One object packed as two bits (gt: bit 0, prediction: bit 1), as label_scores does.
+    counts = np.zeros((4, 1, n), np.int64)
+    j = np.zeros((1, n))
+    work: dict = {}
+    z = np.empty((h, w), np.uint8)
+    for t in range(n):
+        np.left_shift(flat_pred[t].view(np.uint8), np.uint8(1), out=z)
+        z |= flat_gt[t].view(np.uint8)
+        _frame_counts(z, 1, r, work, j[:, t], counts[:, :, t])
+    n_gt, n_fg, gt_match, fg_match = counts[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(n_fg == 0, 1.0, fg_match / n_fg.astype(np.float64))
         recall = np.where(n_gt == 0, 1.0, gt_match / n_gt.astype(np.float64))
