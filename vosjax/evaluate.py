@@ -143,10 +143,26 @@ def _list_sequences(
 
 
 def _read_labels(path: pathlib.Path) -> np.ndarray:
-    from vosjax.data.io import read_label_png
+    from vosjax.label_png import read_label_ids
 
-    labels, _ = read_label_png(path)
-    return labels
+    return read_label_ids(path)
+
+
+def _fit_to_frame(labels: np.ndarray, hw: tuple[int, int], path: pathlib.Path) -> np.ndarray:
+    if labels.shape == hw:
+        return labels
+    from vosjax.data.io import DataWarning, fit_mask_to_frame  # loads JAX: only when needed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return fit_mask_to_frame(labels, hw, path)
+
+
+def _ids_beyond(labels: np.ndarray, known_max: int) -> list[int]:
+    """Sorted values of ``labels`` above ``known_max`` (a max() pass when there are none)."""
+    if labels.size == 0 or int(labels.max()) <= known_max:
+        return []
+    return [int(k) for k in np.unique(labels[labels > known_max])]
 
 
 def score_sequence(
@@ -157,8 +173,6 @@ def score_sequence(
     Applies every rule of the module docstring; see
     :func:`vosjax.metrics.evaluate_sequence` for the measures.
     """
-    from vosjax.data.io import DataWarning, fit_mask_to_frame
-
     gt_dir, result_dir = pathlib.Path(gt_dir), pathlib.Path(result_dir)
     gt_files = _pngs(gt_dir)
     if len(gt_files) < 3:
@@ -196,12 +210,13 @@ def score_sequence(
     gt = np.empty((len(gt_files), *hw), np.uint8)
     gt[0] = gt0
     for t, p in enumerate(gt_files[1:], start=1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DataWarning)
-            gt[t] = fit_mask_to_frame(_read_labels(p), hw, p)
-    gt = np.where(gt == VOID_LABEL, 0, gt)
-    first_ids = set(range(1, int(gt[0].max()) + 1))
-    ids = tuple(sorted(first_ids | {int(k) for k in np.unique(gt) if k != 0}))
+        gt[t] = _fit_to_frame(_read_labels(p), hw, p)
+    gt[gt == VOID_LABEL] = 0
+    first_max = int(gt[0].max())
+    ids = tuple(range(1, first_max + 1)) + tuple(_ids_beyond(gt, first_max))
+    # Values below first_max are ids already; ids past it are sorted: a value is unknown
+    # exactly when it is above max(ids) or one of the gaps between first_max and max(ids).
+    gaps = sorted(set(range(first_max + 1, max(ids, default=0) + 1)) - set(ids))
 
     pred = np.zeros_like(gt)
     for t, stem in enumerate(stems):
@@ -213,7 +228,9 @@ def score_sequence(
                 f"evaluate: {res_files[stem]} is {labels.shape[1]}x{labels.shape[0]} but its "
                 f"ground-truth frame is {hw[1]}x{hw[0]}; write results at the ground-truth size."
             )
-        unknown = sorted(int(k) for k in np.unique(labels) if k != 0 and int(k) not in ids)
+        unknown = _ids_beyond(labels, max(ids, default=0))
+        if gaps:
+            unknown = sorted(set(unknown) | {k for k in gaps if np.any(labels == k)})
         if unknown:
             raise VosjaxError(
                 f"evaluate: {res_files[stem]} labels object id(s) {unknown} that are not objects "

@@ -23,18 +23,43 @@ frames > 0.5) and decay (mean of the first quarter minus the last quarter).
 In the semi-supervised protocol the first and last frames are not evaluated
 (:func:`evaluate_sequence`), and :func:`summarize` averages the per-object
 statistics over all objects of all sequences into the official global numbers.
+
+Speed: :func:`evaluate_sequence` scores every object of a frame at once
+(:func:`label_scores`): the masks of up to 32 objects, ground truth and
+prediction, are bits of one integer image, so the boundary map and the disk
+dilation (both only XORs / ORs of shifted copies) run once per frame, and the
+dilation is read at boundary pixels only. The results are bit-identical to the
+per-mask functions (``tests/test_metrics_kernels.py``).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from jaxtyping import Bool, Float, Float64, Integer
 
+from vosjax._boundary_kernels import (  # noqa: F401  (kernels; tests reach them as metrics._x)
+    _MAX_PACKED,
+    _bit_counts,
+    _bmap,
+    _dilate,
+    _dilated_at,
+    _disk_runs,
+    _flat_nonzero,
+    _frame_counts,
+    _pack,
+    _packed_dtype,
+)
 from vosjax.errors import VosjaxError
+
+if TYPE_CHECKING:  # annotations only: importing jaxtyping costs the evaluation CLI's start-up
+    from jaxtyping import Bool, Float, Float64, Integer
+
+    Masks = Bool[np.ndarray, "*b H W"]
+    Scores = Float64[np.ndarray, "*b"]
 
 __all__ = [
     "DEFAULT_BOUND_TH",
@@ -49,6 +74,7 @@ __all__ = [
     "dilate_disk",
     "evaluate_sequence",
     "jaccard",
+    "label_scores",
     "summarize",
 ]
 
@@ -57,13 +83,6 @@ DEFAULT_BOUND_TH = 0.008
 
 GLOBAL_MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 """The global measures of the official results table, in its column order."""
-
-Masks = Bool[np.ndarray, "*b H W"]
-Scores = Float64[np.ndarray, "*b"]
-
-# Pixels (frames x H x W) handled per step of the boundary measure: bounds the
-# temporaries to a few MiB while keeping small frames batched.
-_CHUNK_PIXELS = 1 << 19
 
 
 # --------------------------------------------------------------------------- validation
@@ -145,18 +164,6 @@ def boundary_map(mask: Masks) -> Masks:
     return _bmap(m)
 
 
-def _bmap(m: np.ndarray) -> np.ndarray:
-    b = np.empty_like(m)
-    inner = b[..., :-1, :-1]
-    np.not_equal(m[..., :-1, :-1], m[..., :-1, 1:], out=inner)
-    inner |= m[..., :-1, :-1] ^ m[..., 1:, :-1]
-    inner |= m[..., :-1, :-1] ^ m[..., 1:, 1:]
-    b[..., -1, :-1] = m[..., -1, :-1] ^ m[..., -1, 1:]
-    b[..., :-1, -1] = m[..., :-1, -1] ^ m[..., 1:, -1]
-    b[..., -1, -1] = False
-    return b
-
-
 def boundary_radius(bound_th: float, height: int, width: int) -> int:
     """Dilation radius in pixels: ``bound_th`` if >= 1, else ``ceil(bound_th * diagonal)``.
 
@@ -202,62 +209,6 @@ def dilate_disk(mask: Masks, radius: int) -> Masks:
     return _dilate(m.reshape((-1,) + m.shape[-2:]), int(radius)).reshape(m.shape)
 
 
-def _dilate(m: np.ndarray, r: int) -> np.ndarray:
-    """Disk dilation of ``m`` ``[N, H, W]`` (see :func:`dilate_disk`)."""
-    n, h, w = m.shape
-    ry = min(r, h - 1)  # offsets past the image cannot reach a pixel of it
-    rx = min(r, w - 1)
-    # Half-width of the disk's row at offset dy: the largest k with k^2 + dy^2 <= r^2.
-    half = [math.isqrt(r * r - dy * dy) for dy in range(ry + 1)]
-    padded = np.zeros((n, h + 2 * ry, w + 2 * rx), dtype=bool)
-    padded[:, ry : ry + h, rx : rx + w] = m
-    # row[:, y, x] = OR of padded[:, y, x + rx + k] over |k| <= current half-width.
-    row = padded[:, :, rx : rx + w].copy()
-    out = np.zeros((n, h, w), dtype=bool)
-    # Row offsets grouped by their half-width (capped at rx), visited by growing width.
-    by_width: dict[int, list[int]] = {}
-    for dy in range(-ry, ry + 1):
-        by_width.setdefault(min(half[abs(dy)], rx), []).append(dy)
-    k = 0
-    for width in sorted(by_width):
-        while k < width:
-            k += 1
-            row |= padded[:, :, rx - k : rx - k + w]
-            row |= padded[:, :, rx + k : rx + k + w]
-        for dy in by_width[width]:
-            out |= row[:, ry + dy : ry + dy + h, :]
-    return out
-
-
-def _bbox(any_rows: np.ndarray, any_cols: np.ndarray) -> tuple[slice, slice] | None:
-    rows, cols = np.flatnonzero(any_rows), np.flatnonzero(any_cols)
-    if rows.size == 0:
-        return None
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
-def _boundary_counts(gt: np.ndarray, pred: np.ndarray, r: int) -> tuple[np.ndarray, ...]:
-    """Counts (n_gt, n_fg, gt_match, fg_match) per mask of ``[N, H, W]`` inputs."""
-    n, h, w = gt.shape
-    counts = np.zeros((4, n), dtype=np.int64)
-    step = max(1, _CHUNK_PIXELS // (h * w))
-    for start in range(0, n, step):
-        sl = slice(start, min(n, start + step))
-        gb, pb = _bmap(gt[sl]), _bmap(pred[sl])
-        counts[0, sl] = np.count_nonzero(gb, axis=(1, 2))
-        counts[1, sl] = np.count_nonzero(pb, axis=(1, 2))
-        both = gb | pb
-        # Matches only happen at boundary pixels and only depend on boundary pixels
-        # within r, so cropping to the union of both boundaries' bounding box is exact.
-        box = _bbox(both.any(axis=(0, 2)), both.any(axis=(0, 1)))
-        if box is None:
-            continue
-        gb, pb = gb[:, box[0], box[1]], pb[:, box[0], box[1]]
-        counts[2, sl] = np.count_nonzero(gb & _dilate(pb, r), axis=(1, 2))
-        counts[3, sl] = np.count_nonzero(pb & _dilate(gb, r), axis=(1, 2))
-    return tuple(counts)
-
-
 def boundary_precision_recall(
     gt: Masks, pred: Masks, bound_th: float = DEFAULT_BOUND_TH
 ) -> tuple[Scores, Scores]:
@@ -282,7 +233,17 @@ def boundary_precision_recall(
     r = boundary_radius(bound_th, h, w)
     lead = gt.shape[:-2]
     flat_gt, flat_pred = gt.reshape(-1, h, w), pred.reshape(-1, h, w)
-    n_gt, n_fg, gt_match, fg_match = _boundary_counts(flat_gt, flat_pred, r)
+    n = flat_gt.shape[0]
+    # One object packed as two bits (gt: bit 0, prediction: bit 1), as label_scores does.
+    counts = np.zeros((4, 1, n), np.int64)
+    j = np.zeros((1, n))
+    work: dict = {}
+    z = np.empty((h, w), np.uint8)
+    for t in range(n):
+        np.left_shift(flat_pred[t].view(np.uint8), np.uint8(1), out=z)
+        z |= flat_gt[t].view(np.uint8)
+        _frame_counts(z, 1, r, work, j[:, t], counts[:, :, t])
+    n_gt, n_fg, gt_match, fg_match = counts[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(n_fg == 0, 1.0, fg_match / n_fg.astype(np.float64))
         recall = np.where(n_gt == 0, 1.0, gt_match / n_gt.astype(np.float64))
@@ -311,6 +272,67 @@ def boundary_f(gt: Masks, pred: Masks, bound_th: float = DEFAULT_BOUND_TH) -> Sc
     s = p + r
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(s == 0, 0.0, 2.0 * p * r / s)
+
+
+# --------------------------------------------------------------------------- label maps
+
+
+def _f_from_counts(n_gt, n_fg, gt_match, fg_match) -> np.ndarray:
+    """F from the four boundary counts, with the toolkit's empty-boundary rules."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(n_fg == 0, 1.0, fg_match / n_fg.astype(np.float64))
+        recall = np.where(n_gt == 0, 1.0, gt_match / n_gt.astype(np.float64))
+    precision = np.where((n_fg > 0) & (n_gt == 0), 0.0, precision)
+    recall = np.where((n_fg == 0) & (n_gt > 0), 0.0, recall)
+    s = precision + recall
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(s == 0, 0.0, 2.0 * precision * recall / s)
+
+
+def label_scores(
+    gt_labels: Integer[np.ndarray, "T H W"],
+    pred_labels: Integer[np.ndarray, "T H W"],
+    object_ids: Sequence[int],
+    bound_th: float = DEFAULT_BOUND_TH,
+) -> tuple[Float64[np.ndarray, "O T"], Float64[np.ndarray, "O T"]]:
+    """J and F of every object and frame straight from two label-map videos.
+
+    Equal to ``jaccard(gt_labels == k, pred_labels == k)`` and
+    ``boundary_f(gt_labels == k, pred_labels == k, bound_th)`` for each
+    ``k`` of ``object_ids`` (row i is ``object_ids[i]``), computed for many
+    objects at once: the gt and predicted masks of up to 32 objects are packed
+    into the bits of one unsigned integer image (object i: bit i for the
+    ground truth, bit n + i for the prediction). The boundary map and the disk
+    dilation are bitwise (XOR / OR of shifted copies), so one pass over the
+    packed image gives every object's boundaries, and one dilation gives both
+    sides' dilated boundaries of every object; the matches are then read at the
+    boundary pixels only. No void handling and no frame exclusion here (see
+    :func:`evaluate_sequence`).
+
+    Args:
+      gt_labels: integer label maps ``[T, H, W]``.
+      pred_labels: integer label maps, same shape.
+      object_ids: the ids to score.
+      bound_th: boundary tolerance of :func:`boundary_f`.
+
+    Returns:
+      ``(j, f)``, float64 ``[len(object_ids), T]`` each.
+    """
+    gt, pred = np.asarray(gt_labels), np.asarray(pred_labels)
+    ids = [int(k) for k in object_ids]
+    t_len, h, w = gt.shape
+    r = boundary_radius(bound_th, h, w)
+    j = np.zeros((len(ids), t_len))
+    counts = np.zeros((4, len(ids), t_len), np.int64)
+    for start in range(0, len(ids), _MAX_PACKED):
+        group = ids[start : start + _MAX_PACKED]
+        rows = slice(start, start + len(group))
+        dt = _packed_dtype(len(group))
+        work: dict = {}  # buffers reused frame after frame
+        for t in range(t_len):
+            z = _pack(gt[t], pred[t], group, dt, work)
+            _frame_counts(z, len(group), r, work, j[rows, t], counts[:, rows, t])
+    return j, _f_from_counts(*counts)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -479,13 +501,7 @@ def evaluate_sequence(
             f"{fn}: the prediction contains object id(s) {extra} that are not objects of the "
             f"ground truth (objects {list(ids)}); relabel the prediction or pass 'object_ids'."
         )
-    num_frames = gt.shape[0]
-    j = np.zeros((len(ids), num_frames))
-    f = np.zeros((len(ids), num_frames))
-    for row, k in enumerate(ids):
-        g, p = gt == k, pred == k
-        j[row] = jaccard(g, p)
-        f[row] = boundary_f(g, p, bound_th)
+    j, f = label_scores(gt, pred, ids, bound_th)
     return SequenceScores(ids, j, f)
 
 
