@@ -246,7 +246,6 @@ def test_projected_update_equals_the_frozen_w1_update():
     mh = tm.bilinear_matrix(2 * hh, hh).astype(np.float64)
     mw = tm.bilinear_matrix(2 * ww, ww).astype(np.float64)
     v = np.asarray(tm.pixel_weights(jnp.asarray(y)), np.float64)
-    n_pix = 4 * hh * ww
     pad = np.pad(proj.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
     rows, rhs = [], []
     for i in range(k):
