@@ -93,5 +93,7 @@ def test_frtm_learner_refits_on_schedule(tk, video):
     assert changed == [3, 6]  # w2 refitted every 3 frames (w1 fixed), not in between
     counts = np.asarray(state.memory.samples.count)[0]
     capacity = model.config.memory_frames
-    # 5 augmented first-frame samples + one sample per later frame, up to the capacity.
-    assert list(counts) == [min(5 + 6, capacity)] * 2
+    # 5 augmented first-frame samples, then at most one sample per later frame, up to the
+    # capacity: a predicted mask with under 10 target pixels adds none (the authors'
+    # Discriminator.update; checked in tests/learners/test_learners_frtm.py).
+    assert all(5 <= c <= min(5 + 6, capacity) for c in counts), counts

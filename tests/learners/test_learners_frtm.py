@@ -612,3 +612,4 @@ def test_bad_arguments_raise_vosjax_error():
         frtm.memory_add(mem, jnp.asarray(x[0]), jnp.asarray(y[0]), eta=1.0)
     with pytest.raises(VosjaxError, match="mask"):
         frtm.augment_first_frame(jnp.zeros((8, 8, 3)), jnp.zeros((8, 9)), jax.random.key(0))
+
