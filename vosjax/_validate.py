@@ -39,3 +39,13 @@ def check_floating(fn: str, name: str, x: Any) -> None:
     dtype = np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype
     if not np.issubdtype(np.dtype(dtype), np.floating) and str(dtype) != "bfloat16":
         raise VosjaxError(f"{fn}: argument '{name}' must be floating point, got dtype {dtype}.")
+
+
+def check_positive_int(fn: str, name: str, value: Any, *, allow_none: bool) -> None:
+    """A positive Python int (``None`` too with ``allow_none``), else VosjaxError."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise VosjaxError(f"{fn}: argument '{name}' must be a positive Python int, got {value!r}.")
+    if value <= 0:
+        raise VosjaxError(f"{fn}: argument '{name}' must be a positive int, got {value}.")

@@ -28,6 +28,35 @@ refit periods, so each object enters the memory at its own first frame and a
 periodic schedule keeps its period afterwards. In per-clip mode
 (``clip_length = L > 1``) writes happen at clip ends, every ``L`` frames by
 default.
+
+Each object has its own memory, as in the authors' drivers (STCN's
+``inference_core_yv.py``: one memory bank per object, starting at the frame
+where its mask is given; PCVOS and JOINT likewise), held in ONE fixed-shape
+bank shared by all objects (:mod:`vosjax.ops.memory_bank`):
+
+- every slot records the objects present when it was written; an object reads
+  (softmax / top-k over) only the slots written at or after its own first
+  frame (:func:`vosjax.ops.memory_bank.bank_object_valid`,
+  :mod:`vosjax.ops.object_memory`). The frames written after it appeared are
+  shared with the objects already there, as in the authors' code, where such
+  a frame is added to every present object's memory.
+- ``keep_first``: the first frame written AND every object's first frame are
+  kept; the ring (``every_k``: the periodic frames; ``first_last``: the last
+  frame) runs over the other slots, the lowest empty one first, then the
+  oldest. With all objects in the first frame this is exactly "slot 0 keeps
+  the first frame, the others are a ring".
+- Fixed shape: the bank has ``capacity + late_slots`` slots. With
+  ``late_slots = 0`` (the default of every policy: no extra memory or time
+  for videos whose objects all start in frame 0) each later start frame takes
+  one slot from the ring: ``every_k`` keeps ``capacity - 1 - (late start
+  frames)`` ring frames; under ``first_last`` (2 slots) an object appearing
+  later keeps its first frame, the first object keeps its own, and no slot is
+  left for the last frame (while every slot is kept, only frames that bring a
+  new object are stored, in the oldest slot). ``late_slots = n`` (engine
+  option ``late_slots``) adds ``n`` slots and bounds each object's memory to
+  its first frame + the ``capacity - 1`` most recent frames written since:
+  exactly its own keep-first memory of ``capacity`` frames (TrickVOS's first +
+  last per object) while at most ``n`` later start frames occur.
 """
 
 from __future__ import annotations
@@ -59,7 +88,10 @@ class MemoryPolicy:
       capacity: memory capacity in frames; None = the model's ``memory_frames``.
       keep_first: the first frame written stays in the memory for the whole
         video (slot 0) while the other slots are a ring over the most recent
-        writes; False = all slots are one ring.
+        writes; False = all slots are one ring. Each object's own first frame
+        is kept too (module docstring).
+      late_slots: memory slots added to ``capacity`` for the first frames of
+        objects that appear after the first written frame (module docstring).
     """
 
     name: str
@@ -68,6 +100,7 @@ class MemoryPolicy:
     refit_on_write: bool = False
     capacity: int | None = None
     keep_first: bool = True
+    late_slots: int = 0
 
     def __post_init__(self) -> None:
         def bad(field: str, want: str) -> VosjaxError:
@@ -82,6 +115,8 @@ class MemoryPolicy:
             raise bad("refit_every", "an int >= 0")
         if self.capacity is not None and (not _is_int(self.capacity) or self.capacity < 1):
             raise bad("capacity", "None or a positive int")
+        if not _is_int(self.late_slots) or self.late_slots < 0:
+            raise bad("late_slots", "an int >= 0")
         for f in ("refit_on_write", "keep_first"):
             if not isinstance(getattr(self, f), bool):
                 raise bad(f, "True or False")
@@ -94,6 +129,7 @@ class MemoryPolicy:
         refit_every: int | None = None,
         memory_frames: int | None = None,
         update_interval: int | None = None,
+        late_slots: int | None = None,
     ) -> MemoryPolicy:
         """This policy adjusted by inference options (None = keep the policy's value).
 
@@ -109,8 +145,13 @@ class MemoryPolicy:
             if self.refit_every > 0 and _is_int(update_interval) and update_interval > 0:
                 refit_every = update_interval
         capacity = self.capacity if memory_frames is None else memory_frames
+        late = self.late_slots if late_slots is None else late_slots
         return dataclasses.replace(
-            self, write_every=write_every, refit_every=refit_every, capacity=capacity
+            self,
+            write_every=write_every,
+            refit_every=refit_every,
+            capacity=capacity,
+            late_slots=late,
         )
 
 

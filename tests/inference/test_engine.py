@@ -89,6 +89,8 @@ def reference_run(model, variables, frames, given, num_slots, mem_every, capacit
             ).astype(np.float64)
             gslots = np.array([k in new for k in ids] + [False] * (num_slots - len(ids)))
             union = np.max(np.where(gslots[:, None, None], g, 0.0), axis=0)
+            if valid.any():  # the objects tracked so far: their aggregated probabilities
+                p = _aggregate_np(p, valid)[1:]
             p = np.where(gslots[:, None, None], g, p * (1 - union))
             present |= gslots
         P = _aggregate_np(p, present)

@@ -63,6 +63,9 @@ class EngineConfig:
         default; 0 = only on written frames for ``joint``, never for others).
       memory_frames: memory capacity in frames (None = 2 for ``first_last``,
         else the model's own ``memory_frames``).
+      late_slots: memory slots added for the first frames of objects that
+        appear after the first frame (None = the policy's, 0); see
+        :mod:`vosjax.memory_policy`.
       correction_every: gradient correction every K frames (cyclic VOS; 0 = off).
       correction_iters: N, correction steps per corrected frame (paper and
         authors' code: 10).
@@ -102,6 +105,7 @@ class EngineConfig:
     mem_every: int | None = None
     refit_every: int | None = None
     memory_frames: int | None = None
+    late_slots: int | None = None
     correction_every: int = 0
     correction_iters: int = 10
     correction_rate: float = 150.0
@@ -132,10 +136,10 @@ class EngineConfig:
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):
                 raise bad(name, "None or a positive int")
-        for name in ("refit_every", "correction_every"):
+        for name in ("refit_every", "correction_every", "late_slots"):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 0):
-                raise bad(name, "an int >= 0" + (" or None" if name == "refit_every" else ""))
+                raise bad(name, "an int >= 0" + (" or None" if name != "correction_every" else ""))
         if self.correction_every is None:
             raise bad("correction_every", "an int >= 0 (0 disables gradient correction)")
         for name in ("correction_rate", "correction_smooth", "correction_gamma", "box_margin"):

@@ -73,6 +73,7 @@ def resolve_policy(config: EngineConfig, model_config: Any = None) -> MemoryPoli
         mem_every=config.mem_every,
         refit_every=config.refit_every,
         memory_frames=config.memory_frames,
+        late_slots=config.late_slots,
         update_interval=_model_field(model_config, "update_interval"),
     )
 

@@ -223,10 +223,24 @@ def correct(
 
 
 def apply_given(
-    p: Float[Array, "B O h w"], given: Given, at_given: Bool[Array, " B"]
+    p: Float[Array, "B O h w"],
+    given: Given,
+    at_given: Bool[Array, " B"],
+    obj_before: Bool[Array, "B O"] | None = None,
 ) -> tuple[Float[Array, "B O h w"], Bool[Array, "B O"]]:
-    """``(p, g_obj)``: a given object's ``p`` is its mask, the others get ``p (1 - max_given)``."""
+    """``(p, g_obj)``: a given object's ``p`` is its mask, the others get ``P_j (1 - max_given)``.
+
+    ``P_j`` is ``p_j`` aggregated over the objects present before
+    (``obj_before``; :func:`aggregate`), as the authors' drivers do when objects
+    appear in a frame where others are tracked (STCN ``inference_core_yv.py``:
+    the propagated, aggregated probabilities of the frame, zeroed under the
+    given masks, are aggregated again with the given masks); with one object
+    before, ``P_1 = p_1``. ``obj_before=None`` uses ``p_j`` as it is.
+    """
     g_obj = given.obj & at_given[:, None]  # [B, O]
+    if obj_before is not None:
+        p_agg = aggregate(p, obj_before)[:, 1:]
+        p = jnp.where((at_given & jnp.any(g_obj, axis=1))[:, None, None, None], p_agg, p)
     g_union = jnp.max(jnp.where(g_obj[:, :, None, None], given.soft, 0.0), axis=1)
     p = jnp.where(g_obj[:, :, None, None], given.soft, p * (1.0 - g_union[:, None]))
     return p, g_obj
@@ -279,7 +293,7 @@ def frame_body(ctx: FrameContext, box_state: Any, inputs: tuple) -> tuple[Any, t
     """
     pos, p, x_l, feats_l, valid_l, correct_l = inputs
     at_given = (pos == ctx.last) & ctx.given.any_obj  # [B]
-    p, g_obj = apply_given(p, ctx.given, at_given)
+    p, g_obj = apply_given(p, ctx.given, at_given, ctx.obj_before)
     big = aggregate(p, ctx.obj_before | g_obj)
     out = big
     if ctx.config.correction_every:

@@ -129,6 +129,13 @@ class VOSModel(abc.ABC):
         own = _config_field(self.config, "memory_frames")
         return None if own is None else int(own)
 
+    @property
+    def memory_slots(self) -> int | None:
+        """Frame slots of a memory bank: :attr:`memory_frames` plus the policy's ``late_slots``
+        (room for the first frames of objects that appear later, :mod:`vosjax.memory_policy`)."""
+        frames = self.memory_frames
+        return None if frames is None else frames + self.policy.late_slots
+
     # -- parameters -------------------------------------------------------------------------
     @abc.abstractmethod
     def init(

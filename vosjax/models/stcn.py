@@ -22,9 +22,13 @@ configuration (:func:`default_config`):
       input size is a multiple of 4; for other sizes the stride-4 map, of size
       ceil(H/4) x ceil(W/4), is resized to exactly H x W).
     * memory: :class:`vosjax.ops.memory.MemoryBank` with ``memory_frames``
-      slots, keep-first policy (slot 0 keeps the first frame written, the
-      others form a ring of the latest frames). The engine decides WHEN to
-      write (``write`` masks).
+      slots (plus the policy's ``late_slots``), keep-first policy (slot 0
+      keeps the first frame written, the others form a ring of the latest
+      frames). The bank is per object: an object that appears later reads
+      only the frames written since its own first frame, which is kept too
+      (:mod:`vosjax.memory_policy`; the readout masks per object,
+      :mod:`vosjax.ops.object_memory`, as STCN's YouTube-VOS driver keeps one
+      memory per object). The engine decides WHEN to write (``write`` masks).
 ``"trickvos"`` (TrickVOS sec. 4.1 lightweight baseline)
     MobileNetV2 key and value encoders (stride-16 taps: 96 channels, skips
     s8 = 32, s4 = 24), key dim 32, memory = first + last frame
@@ -73,6 +77,7 @@ from vosjax.models import backbones, checks
 from vosjax.models.base import Feats, SegmentOptions, Variables, VOSModel
 from vosjax.models.modules import Decoder, FeatureFusion, conv3x3, resize_bilinear
 from vosjax.ops import memory as mem_ops
+from vosjax.ops import object_memory as obj_ops
 from vosjax.ops.aggregate import INVALID_LOGIT
 
 VARIANTS = ("stcn", "trickvos", "cyclic")
@@ -492,11 +497,12 @@ class STCN(VOSModel):
         dtype = jnp.float32 if self.spec.dtype == "float32" else jnp.bfloat16
         return mem_ops.bank_init(
             batch,
-            self.memory_frames,
+            self.memory_slots,
             h * w,
             self.spec.key_dim,
             num_objects * self.spec.value_dim,
             dtype,
+            num_objects=num_objects,
         )
 
     def memorize(
@@ -538,7 +544,7 @@ class STCN(VOSModel):
             k = feats["key"][:, i].reshape(b, h * w, -1)
             v = jnp.moveaxis(values[:, :, i], 1, 3).reshape(b, h * w, o * cv)
             memory = mem_ops.bank_insert(
-                memory, k, v, keep_first=self.policy.keep_first, write=write
+                memory, k, v, keep_first=self.policy.keep_first, write=write, objects=obj_valid
             )
         return memory
 
@@ -582,7 +588,18 @@ class STCN(VOSModel):
         """
         b, t, h, w, ck = feats["key"].shape
         q = feats["key"].reshape(b, t, h * w, ck)
-        if options.segment_len is not None:
+        keep = self.policy.keep_first
+        # each object's own memory: its first frame + the capacity's other frames
+        recent = obj_ops.object_recent(self.memory_frames, keep, self.policy.late_slots)
+        if memory.obj is not None and options.segment_len is not None:
+            r = obj_ops.progressive_object_readout(
+                memory, q, options.segment_len, options.top_k, recent=recent, keep_first=keep
+            )
+        elif memory.obj is not None:
+            r = obj_ops.bank_read_objects(
+                memory, q.reshape(b, t * h * w, ck), options.top_k, recent=recent, keep_first=keep
+            )
+        elif options.segment_len is not None:
             keys, values, valid = mem_ops.bank_flatten(memory)
             r = mem_ops.progressive_readout(
                 keys, values, q, options.segment_len, options.top_k, valid

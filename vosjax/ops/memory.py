@@ -20,7 +20,11 @@ each query column only and every other weight is exactly 0.
 Multi-object: the key of a memory frame is shared by all objects, so callers
 fold the objects into the value channels (``mem_values f32[B, M, O*Cv]``) and
 unfold the result (``[B, N, O*Cv] -> [B, N, O, Cv]``). The affinity and the
-top-k selection are then computed once for all objects.
+top-k selection are then computed once for all objects. Objects that appear
+later read only their own entries: :mod:`vosjax.ops.object_memory` (the
+affinity shared, the masking, top-k and softmax per object). The memory bank
+(:class:`MemoryBank`, :func:`bank_init`, :func:`bank_insert`, ...) lives in
+:mod:`vosjax.ops.memory_bank` and is re-exported here.
 
 Everything is pure and shape-static: functions work under ``jit``, ``vmap`` and
 ``grad``; the memory bank is a pytree of fixed-size buffers so one compiled
@@ -38,8 +42,16 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from vosjax._validate import check_dims_match, check_floating, check_rank
+from vosjax._validate import check_dims_match, check_floating, check_positive_int, check_rank
 from vosjax.errors import VosjaxError
+from vosjax.ops.memory_bank import (
+    MemoryBank,
+    bank_flatten,
+    bank_init,
+    bank_insert,
+    bank_next_slot,
+    bank_object_valid,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -48,6 +60,7 @@ __all__ = [
     "bank_init",
     "bank_insert",
     "bank_next_slot",
+    "bank_object_valid",
     "bank_read",
     "l2_affinity",
     "progressive_readout",
@@ -67,14 +80,7 @@ _UNROLL_TOP_K = 32
 
 # --------------------------------------------------------------------------- checks
 
-
-def _check_int(fn: str, name: str, value: Any, *, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise VosjaxError(f"{fn}: argument '{name}' must be a positive Python int, got {value!r}.")
-    if value <= 0:
-        raise VosjaxError(f"{fn}: argument '{name}' must be a positive int, got {value}.")
+_check_int = check_positive_int
 
 
 def _check_keys_values(fn: str, mem_keys: Any, mem_values: Any | None, query_keys: Any) -> None:
@@ -367,152 +373,8 @@ def progressive_readout(
 
 
 # --------------------------------------------------------------------------- memory bank
-
-
-class MemoryBank(NamedTuple):
-    """Fixed-capacity memory: ``S`` frame slots of ``P`` positions each (a pytree).
-
-    Attributes:
-        keys: ``[B, S, P, Ck]`` memory keys of each slot.
-        values: ``[B, S, P, Cv]`` memory values (objects folded into ``Cv``).
-        valid: ``bool[B, S]``, True where a slot holds a frame.
-        count: ``int32[B]``, frames inserted so far per batch row (the
-            bookkeeping that decides the next write slot, see
-            :func:`bank_next_slot`).
-    """
-
-    keys: Float[Array, "B S P Ck"]
-    values: Float[Array, "B S P Cv"]
-    valid: Bool[Array, "B S"]
-    count: Int[Array, " B"]
-
-
-def _check_bank(fn: str, bank: Any) -> None:
-    if not isinstance(bank, MemoryBank):
-        raise VosjaxError(
-            f"{fn}: argument 'bank' must be a MemoryBank (from bank_init), got {type(bank).__name__}."
-        )
-
-
-def bank_init(
-    batch: int, slots: int, positions: int, key_dim: int, value_dim: int, dtype: Any = jnp.float32
-) -> MemoryBank:
-    """An empty bank: zero keys/values, no valid slot, count 0.
-
-    Capacity is ``slots`` frames of ``positions`` (= H*W) entries. ``slots=2``
-    with ``keep_first=True`` inserts gives TrickVOS's "first + last frame"
-    memory.
-    """
-    fn = "bank_init"
-    for name, v in (
-        ("batch", batch),
-        ("slots", slots),
-        ("positions", positions),
-        ("key_dim", key_dim),
-        ("value_dim", value_dim),
-    ):
-        _check_int(fn, name, v, allow_none=False)
-    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise VosjaxError(f"bank_init: argument 'dtype' must be a floating dtype, got {dtype}.")
-    return MemoryBank(
-        keys=jnp.zeros((batch, slots, positions, key_dim), dtype),
-        values=jnp.zeros((batch, slots, positions, value_dim), dtype),
-        valid=jnp.zeros((batch, slots), bool),
-        count=jnp.zeros((batch,), jnp.int32),
-    )
-
-
-def bank_next_slot(bank: MemoryBank, keep_first: bool = True) -> Int[Array, " B"]:
-    """Slot the next insert writes, per batch row, from ``count`` alone.
-
-    keep_first: the first frame ever inserted goes to slot 0 and stays; later
-    frames fill slots 1..S-1 and then overwrite the oldest of those,
-    ``slot = 1 + (count - 1) mod (S - 1)``. (With ``S == 1`` only the first
-    frame is ever stored: later inserts are dropped.) Otherwise a plain ring,
-    ``slot = count mod S``. Use the same ``keep_first`` for every insert into
-    one bank.
-    """
-    _check_bank("bank_next_slot", bank)
-    s = bank.keys.shape[1]
-    count = bank.count
-    if not keep_first:
-        return count % s
-    if s == 1:
-        return jnp.zeros_like(count)
-    return jnp.where(count == 0, 0, 1 + (count - 1) % (s - 1)).astype(jnp.int32)
-
-
-def bank_insert(
-    bank: MemoryBank,
-    keys: Float[Array, "B P Ck"],
-    values: Float[Array, "B P Cv"],
-    keep_first: bool = True,
-    write: Bool[Array, " B"] | None = None,
-) -> MemoryBank:
-    """Insert one frame's keys/values per batch row into the slot of :func:`bank_next_slot`.
-
-    Rows where ``write`` is False are left untouched (count not advanced).
-    Inputs are cast to the bank's dtype. Pure: returns a new bank (under
-    ``jit`` with the bank donated, the update is in place).
-    """
-    fn = "bank_insert"
-    _check_bank(fn, bank)
-    keys, values = jnp.asarray(keys), jnp.asarray(values)
-    write = None if write is None else jnp.asarray(write)
-    b, s, p, ck = bank.keys.shape
-    cv = bank.values.shape[-1]
-    check_rank(fn, "keys", keys, 3, "[B, P, Ck]")
-    check_rank(fn, "values", values, 3, "[B, P, Cv]")
-    check_floating(fn, "keys", keys)
-    check_floating(fn, "values", values)
-    if tuple(keys.shape) != (b, p, ck):
-        raise VosjaxError(
-            f"{fn}: argument 'keys' must have shape (B, P, Ck) = {(b, p, ck)} to fit the "
-            f"bank, got {tuple(keys.shape)}."
-        )
-    if tuple(values.shape) != (b, p, cv):
-        raise VosjaxError(
-            f"{fn}: argument 'values' must have shape (B, P, Cv) = {(b, p, cv)} to fit the "
-            f"bank, got {tuple(values.shape)}."
-        )
-    if write is None:
-        write = jnp.ones((b,), bool)
-    else:
-        check_rank(fn, "write", write, 1, "[B]")
-        if write.shape[0] != b or jnp.dtype(write.dtype) != jnp.dtype(bool):
-            raise VosjaxError(
-                f"{fn}: argument 'write' must be bool[{b}], got {write.dtype}{list(write.shape)}."
-            )
-
-    slot = bank_next_slot(bank, keep_first)
-    store = write
-    if keep_first and s == 1:
-        store = write & (bank.count == 0)
-
-    def put(buf: Array, new: Array, row_store: Array, row_slot: Array) -> Array:
-        old = lax.dynamic_index_in_dim(buf, row_slot, 0, keepdims=False)
-        return lax.dynamic_update_index_in_dim(
-            buf, jnp.where(row_store, new.astype(buf.dtype), old), row_slot, 0
-        )
-
-    new_keys = jax.vmap(put)(bank.keys, keys, store, slot)
-    new_values = jax.vmap(put)(bank.values, values, store, slot)
-    new_valid = bank.valid | (jax.nn.one_hot(slot, s, dtype=bool) & store[:, None])
-    new_count = bank.count + write.astype(jnp.int32)
-    return MemoryBank(new_keys, new_values, new_valid, new_count)
-
-
-def bank_flatten(
-    bank: MemoryBank,
-) -> tuple[Float[Array, "B SP Ck"], Float[Array, "B SP Cv"], Bool[Array, "B SP"]]:
-    """The bank as readout inputs: keys ``[B, S*P, Ck]``, values ``[B, S*P, Cv]``
-    and the per-entry validity ``[B, S*P]`` (each slot's flag repeated ``P`` times)."""
-    _check_bank("bank_flatten", bank)
-    b, s, p, ck = bank.keys.shape
-    keys = bank.keys.reshape(b, s * p, ck)
-    values = bank.values.reshape(b, s * p, bank.values.shape[-1])
-    valid = jnp.repeat(bank.valid, p, axis=1)
-    return keys, values, valid
+# The bank itself (MemoryBank, bank_init, bank_insert, ...) is vosjax.ops.memory_bank;
+# its names are re-exported here.
 
 
 def bank_read(
