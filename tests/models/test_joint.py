@@ -311,6 +311,37 @@ def test_induction_learner_is_lwl_fit_on_the_templates(tiny, tiny_run):
     assert float(jnp.abs(mem.filters).max()) > 0
 
 
+def test_object_that_appears_later_reads_only_its_own_templates(tiny):
+    """Object 1 appears at template 1: its learner is fit on template 1 alone (from zero) and its
+    transduction attends to template 1 only (the authors' per-object memories)."""
+    s = tiny.model.settings
+    c, d = s.feature_dim, s.enc_dim
+    first_only = jnp.asarray([[True, False]] * B)
+    _, mem0, _, _, _ = tiny.run(tiny.masks, first_only)
+    _, mem, _, (e_tra_star, _), _ = tiny.run(tiny.masks, tiny.obj_valid, mem0, 1)
+    mem, e_tra_star = jax.device_get((mem, e_tra_star))
+    np.testing.assert_array_equal(mem.templates.first, [[0, 1]] * B)
+    reg = tiny.variables["params"]["learner_reg"]
+    params = jax.device_get(tiny.variables["params"])
+    feats = jax.device_get(tiny.feats) if hasattr(tiny, "feats") else None
+    b = 0
+    z = mem.templates.keys[b, :, :, c:].reshape(-1, h, w, c)
+    v = mem.templates.values[b].reshape(-1, h, w, O, 3, d)
+    own = np.array([False, True, False])[:, None, None, None].astype(np.float32)
+    want = lwl.fit(z, v[..., 1, 1, :], v[..., 1, 2, :] * own, reg, jnp.zeros((3, 3, c, d)),
+                   s.learner_iters_init)
+    np.testing.assert_allclose(mem.filters[b, 1], want, rtol=1e-4, atol=1e-6)
+    # transduction of object 1: eq. 4-5 over template 1 only; object 0 over templates 0 and 1
+    if feats is None:
+        feats = jax.device_get(tiny.model.encode_key(tiny.variables, tiny.frames))
+    e = mem.templates.values[b].reshape(-1, P, O, 3, d)[..., 0, :]
+    x = feats["key"][b, 1].reshape(P, c)
+    for o, valid in ((0, [True, True, False]), (1, [False, True, False])):
+        got = np_decoder(x, mem.encoded[b], e[:, :, o], np.array(valid),
+                         params["decoder"]["phi"], params["decoder"]["psi"], s.tau)
+        np.testing.assert_allclose(e_tra_star[b, o, 0], got.reshape(h, w, d), rtol=2e-4, atol=2e-5)
+
+
 def test_second_template_refits_and_write_false_rows_are_untouched(tiny, tiny_run):
     s = tiny.model.settings
     mem, logits, _, _ = tiny_run

@@ -24,7 +24,11 @@ descent steps, later refits warm-start from the current kernel with
 ``ltr/train_settings/joint/joint_stage*.py``: ``optim_iter=5``, ``SegActor(num_refinement_iter=2)``).
 The learned regulariser starts at ``reg = 0.01`` (``joint_net.py``
 ``steepest_descent_resnet50(optim_init_reg=0.01)``, ``loss_residual_modules.Residual``:
-residual ``filter_reg * filter``). Invalid template slots get importance weight 0. The fit is
+residual ``filter_reg * filter``). Invalid template slots get importance weight 0. The bank
+is per object (``bank_init(num_objects=O)``): an object that appears later attends to
+(transduction) and fits its learner on (induction) only the templates written since its own
+first frame, which stays kept (:mod:`vosjax.memory_policy`); the template encoder (eq. 3)
+runs over all templates, shared. The fit is
 differentiable (w.r.t. features, encodings, weights and the learned
 regulariser lambda = reg^2), so the whole network trains end to end.
 
@@ -73,6 +77,7 @@ from vosjax.models.base import Feats, SegmentOptions, Variables
 from vosjax.models.frtm_decoder import DEPTHS, SegmentationNetwork
 from vosjax.models.joint_transformer import TAU, TransformerDecoder, TransformerEncoder
 from vosjax.ops.aggregate import INVALID_LOGIT
+from vosjax.ops.object_memory import bank_validity, object_recent
 from vosjax.ops.memory import MemoryBank, bank_init, bank_insert
 
 __all__ = ["JOINT", "JointMemory", "LabelEncoder", "default_config"]
@@ -399,12 +404,22 @@ class JOINT(BackboneSegnetModel):
         h, w = checks.check_feat_shape(fn, feat_shape)
         s = self.settings
         c, d, k = s.feature_dim, s.enc_dim, s.learner_kernel
+        slots = self.memory_slots
         return JointMemory(
-            templates=bank_init(batch, self.memory_frames, h * w, 2 * c, num_objects * 3 * d),
-            encoded=jnp.zeros((batch, self.memory_frames, h * w, c), jnp.float32),
+            templates=bank_init(
+                batch, slots, h * w, 2 * c, num_objects * 3 * d, num_objects=num_objects
+            ),
+            encoded=jnp.zeros((batch, slots, h * w, c), jnp.float32),
             filters=jnp.zeros((batch, num_objects, k, k, c, d), jnp.float32),
             initialized=jnp.zeros((batch, num_objects), bool),
         )
+
+    def _template_validity(self, bank: MemoryBank) -> tuple[Array, Array]:
+        """``(valid [B, S], per object [B, S, O])``: the templates each object reads, those written
+        since its own first frame (:func:`vosjax.ops.object_memory.bank_validity`)."""
+        keep = self.policy.keep_first
+        recent = object_recent(self.memory_frames, keep, self.policy.late_slots)
+        return bank_validity(bank, recent, keep)
 
     def _fit(self, variables, z_ind, e_ind, weights, init, iters):
         """Eq. 6 for every (video, object): vmapped :func:`vosjax.learners.lwl.fit`."""
@@ -478,6 +493,7 @@ class JOINT(BackboneSegnetModel):
                 vals.reshape(b, p, o * 3 * d),
                 self.policy.keep_first,
                 write,
+                objects=obj_valid,
             )
 
         z_tra = bank.keys[..., :c]
@@ -493,7 +509,9 @@ class JOINT(BackboneSegnetModel):
         z_ind = bank.keys[..., c:].reshape(b, sm, hh, ww, c).astype(jnp.float32)
         v = bank.values.reshape(b, sm, hh, ww, o, 3, d).astype(jnp.float32)
         v = jnp.moveaxis(v, 4, 1)  # [B, O, S, h, w, 3, D]
-        slot = bank.valid[:, None, :, None, None, None].astype(jnp.float32)
+        # per object: only the templates written since its first frame (its own memory)
+        slot = jnp.moveaxis(self._template_validity(bank)[1], 2, 1)  # [B, O, S]
+        slot = slot[..., None, None, None].astype(jnp.float32)
         e_ind, wts = v[..., 1, :], v[..., 2, :] * slot
 
         iters_init = s.train_learner_iters_init if train else s.learner_iters_init
@@ -544,7 +562,7 @@ class JOINT(BackboneSegnetModel):
             x,
             memory.encoded.astype(x.dtype),
             e_tra,
-            bank.valid,
+            self._template_validity(bank)[1],
             method=_JointNet.transduce,
         )
         e_tra_star = jnp.moveaxis(star.reshape(b, t, hh, ww, o, d), 4, 1).astype(jnp.float32)

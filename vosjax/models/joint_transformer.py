@@ -48,6 +48,7 @@ from vosjax import _validate
 from vosjax.errors import VosjaxError
 from vosjax.models.frtm_common import KERNEL_INIT
 from vosjax.ops.memory import readout
+from vosjax.ops.object_memory import read_objects
 
 __all__ = [
     "TAU",
@@ -76,11 +77,16 @@ def normalized_attention(
     values: Float[Array, "B M Cv"],
     tau: float = TAU,
     valid: Bool[Array, "B M"] | None = None,
+    *,
+    object_valid: Bool[Array, "B M O"] | None = None,
 ) -> Float[Array, "B N Cv"]:
     """JOINT eq. 1: ``softmax_m(n(q_n) . n(k_m) / tau) v_m`` over the valid keys m.
 
     ``valid`` (``bool[B, M]``) excludes key slots; a query with no valid key
     reads zeros. Accumulates in float32; returns ``values``' dtype.
+    ``object_valid`` (``bool[B, M, O]``, with ``valid`` its union over O):
+    ``values`` fold O objects and object ``o`` attends only to its own keys
+    (:func:`vosjax.ops.object_memory.read_objects`).
     """
     fn = "normalized_attention"
     _validate.check_rank(fn, "queries", queries, 3, "[B, N, c]")
@@ -93,6 +99,8 @@ def normalized_attention(
         raise VosjaxError(f"{fn}: 'tau' must be a positive temperature, got {tau}.")
     c = keys.shape[-1]
     q = l2_normalize(queries) * (math.sqrt(c) / (2.0 * float(tau)))
+    if object_valid is not None:
+        return read_objects(l2_normalize(keys), values, q, object_valid, valid, None)
     return readout(l2_normalize(keys), values, q, None, valid)
 
 
@@ -166,5 +174,9 @@ class TransformerDecoder(nn.Module):
         q = psi(x_attn).reshape(b, t * p, self.attn_dim)
         k = psi(z_enc.reshape(b, s * p, c))
         v = e_tra.reshape(b, s * p, e_tra.shape[-1])
-        out = normalized_attention(q, k, v, self.tau, jnp.repeat(valid, p, axis=1))
+        if valid.ndim == 3:  # per object [B, S, O]: each object over its own templates
+            ov = jnp.repeat(valid, p, axis=1)
+            out = normalized_attention(q, k, v, self.tau, jnp.any(ov, axis=2), object_valid=ov)
+        else:
+            out = normalized_attention(q, k, v, self.tau, jnp.repeat(valid, p, axis=1))
         return out.reshape(b, t, p, e_tra.shape[-1])
