@@ -190,3 +190,33 @@ def test_bank_object_inputs_are_checked():
         om.object_readout(
             jnp.zeros((1, 4, 2)), jnp.zeros((1, 4, 6)), jnp.zeros((1, 3, 2)), jnp.ones((1, 4, 4), bool)
         )
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_progressive_object_readout_is_eq4_per_object(top_k):
+    """PCVOS eq. 4 from a per-object bank: per object, ``ref_progressive`` over its own slots
+    (the temporary entries are every object's)."""
+    from .test_memory import ref_progressive
+
+    rng = np.random.default_rng(5)
+    p, o, cv, length, seg = 4, 2, 2, 4, 2
+    bank = mem.bank_init(1, 3, p, CK, o * cv, num_objects=o)
+    presence = [[True, False], [True, True], [True, True]]  # object 1 from the 2nd frame
+    for present in presence:
+        bank = mem.bank_insert(
+            bank,
+            jnp.asarray(rng.normal(size=(1, p, CK)), jnp.float32),
+            jnp.asarray(rng.normal(size=(1, p, o * cv)), jnp.float32),
+            objects=jnp.asarray([present]),
+        )
+    cq = rng.normal(size=(1, length, p, CK)).astype(np.float32)
+    got = np.asarray(om.progressive_object_readout(bank, cq, seg, top_k))
+    keys, values, _ = mem.bank_flatten(bank)
+    ov = np.repeat(np.asarray(mem.bank_object_valid(bank)), p, axis=1)
+    for i in range(o):
+        ch = slice(i * cv, (i + 1) * cv)
+        want = ref_progressive(
+            np.asarray(keys), np.asarray(values)[:, :, ch], cq, seg, top_k, ov[:, :, i]
+        )
+        np.testing.assert_allclose(got[..., ch], want, rtol=1e-4, atol=1e-5)
+    assert not ov[0, :p, 1].any() and ov[0, p:, 1].all()
