@@ -57,6 +57,11 @@ bank shared by all objects (:mod:`vosjax.ops.memory_bank`):
   its first frame + the ``capacity - 1`` most recent frames written since:
   exactly its own keep-first memory of ``capacity`` frames (TrickVOS's first +
   last per object) while at most ``n`` later start frames occur.
+
+JOINT's template bank follows the same rules (transduction and the induction
+learner's training set per object; the template encoder of eq. 3 runs over all
+templates). FRTM's sample memories and target models are per object already:
+an object's samples start with its own first-frame fit.
 """
 
 from __future__ import annotations

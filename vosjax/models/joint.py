@@ -77,8 +77,8 @@ from vosjax.models.base import Feats, SegmentOptions, Variables
 from vosjax.models.frtm_decoder import DEPTHS, SegmentationNetwork
 from vosjax.models.joint_transformer import TAU, TransformerDecoder, TransformerEncoder
 from vosjax.ops.aggregate import INVALID_LOGIT
-from vosjax.ops.object_memory import bank_validity, object_recent
 from vosjax.ops.memory import MemoryBank, bank_init, bank_insert
+from vosjax.ops.object_memory import bank_validity, object_recent
 
 __all__ = ["JOINT", "JointMemory", "LabelEncoder", "default_config"]
 

@@ -34,13 +34,12 @@ step serves a whole video.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float
 
 from vosjax._validate import check_dims_match, check_floating, check_positive_int, check_rank
 from vosjax.errors import VosjaxError
