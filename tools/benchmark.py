@@ -13,7 +13,7 @@ import importlib
 import pathlib
 import sys
 
-SUITES = ("readout", "learners", "models", "data", "train", "engine", "evaluate")
+SUITES = ("readout", "object_readout", "learners", "models", "data", "train", "engine", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,8 +93,8 @@ def bank_init(
     objects were present at each write and each object's first slot
     (:class:`MemoryBank` ``obj``, ``first``, ``time``), so objects that appear
     later read only the frames written since their own first one
-    (:func:`vosjax.ops.object_memory.bank_object_valid`) and keep that first
-    frame (:func:`bank_next_slot`).
+    (:func:`bank_object_valid`; read with :mod:`vosjax.ops.object_memory`) and
+    keep that first frame (:func:`bank_next_slot`).
     """
     fn = "bank_init"
     for name, v in (
