@@ -123,7 +123,7 @@ class ClipTransform:
     """One draw of :class:`AugmentConfig`, shared by all frames of a clip."""
 
     out_hw: tuple[int, int]
-    matrix: np.ndarray  # [3, 3] backward affine, output -> source (search crop: frame 0's)
+    matrix: np.ndarray  # [3, 3] backward affine, output -> source (with crop_matrices: frame 0's)
     colour: np.ndarray  # [3, 3] = saturation blend @ hue rotation
     saturation: float
     hue_deg: float
