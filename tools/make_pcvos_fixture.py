@@ -2,7 +2,7 @@
 
     python tools/make_pcvos_fixture.py --pcvos PATH/TO/PCVOS --out tests/fixtures/pcvos/ \
         [--data ../shared/data/davis_demo] [--sequence bike] \
-        [--frames 0,1,2,3,2,1,0,1,2,3,2,1,0] [--crop 124,356,250,658] [--clip-length 6]
+        [--frames 0,1,2,3,2,1,2,3,2,1,0,1,2] [--crop 124,356,250,658] [--clip-length 6]
 
 Needs PyTorch and a checkout of the authors' repository (github.com/pkyong95/PCVOS);
 the tests do NOT run this script, they read what it wrote. The checkout is used as
@@ -24,7 +24,9 @@ buffers are checked to equal vosjax's before they are replaced by the same
 values), and names, shapes and the seed go to ``spec.json``.
 
 The run: the 2-object DAVIS ``bike`` sequence has 4 frames, so they are played
-forward and back (13 frames by default); to keep CPU time small the 480p frames
+forward and back (13 frames by default, ordered so that the memory frames 0 and 6
+and the temporary PMM entries (frames 5 and 11) are four different images: two
+memory entries with equal keys would tie in the top-k everywhere); to keep CPU time small the 480p frames
 are CROPPED to rows 124:356 and columns 250:658 (232 x 408 pixels, not a multiple
 of 16, so the authors' padding to 16 applies: 240 x 416, 15 x 26 positions at
 stride 16, which the 7 x 7 windows pad to 21 x 28). Frame 0 carries the masks;
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "tests" / "fixtures" / "pcvos")
     p.add_argument("--data", type=pathlib.Path, default=ROOT.parent / "shared" / "data" / "davis_demo")
     p.add_argument("--sequence", default="bike")
-    p.add_argument("--frames", default="0,1,2,3,2,1,0,1,2,3,2,1,0")
+    p.add_argument("--frames", default="0,1,2,3,2,1,2,3,2,1,0,1,2")
     p.add_argument("--crop", default="124,356,250,658", help="top,bottom,left,right of the 480p frames")
     p.add_argument("--clip-length", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)

@@ -15,11 +15,14 @@ weights are re-created from ``spec.json`` with NumPy
 - frame 0's key and values, the first clip's keys and local keys:
   ``max |ours - theirs| / max |theirs| <= 1e-4``; the clip's memory read-out
   (with PMM) and refined read-out (after the intra-clip refinement) the same
-  on >= 99.5 % of the query positions (the others: top-k ties, see
-  ``test_stcn_authors.py``); the clip's aggregated probabilities within 1e-3;
+  on >= 99.5 % of the query positions (the others would be top-k ties, see
+  ``test_stcn_authors.py``; measured: all, max 9e-7); the clip's aggregated
+  probabilities within 1e-3 (measured 2e-6);
 - under ``-m slow``: the bundle through :class:`vosjax.inference.VideoSegmenter`
   (at the crop's own size: ``resolution=None``): probabilities of all 13 frames
-  and label maps equal on >= 99.5 % of the pixels.
+  within 1e-3 on >= 99.9 % of the stored pixels, label maps equal on >= 99.5 %
+  (measured: the first clip within 2e-6; the second, after a memory frame,
+  within 5e-4, from near-ties of the top-k; labels equal on 99.99 %).
 """
 
 from __future__ import annotations
@@ -214,6 +217,9 @@ def test_segmenter_matches_the_authors_clip_by_clip(bundle, clip):
     agree = np.mean(labels == ids[ref["labels"]])
     close = np.mean(err.max(axis=0) <= PROB_ATOL)
     print(f"max |dP| = {err.max():.2e}, within {PROB_ATOL}: {close:.4%}, labels agree on {agree:.4%}")
+    print("per frame max |dP|:", " ".join(f"{e:.1e}" for e in err.max(axis=(0, 2, 3))))
+    print("per frame label agreement:", " ".join(
+        f"{a:.4f}" for a in np.mean(labels == ids[ref["labels"]], axis=(1, 2))))
     assert close >= 0.999 and err.max() < 1e-2
     assert agree >= LABEL_AGREEMENT
 

@@ -147,7 +147,13 @@ class PCVOSSpec(MemoryNetSpec):
 
 
 class ICRLayer(nn.Module):
-    """One refinement layer (eq. 3 + FFN) on per-object values with shared local keys."""
+    """One refinement layer (eq. 3 + FFN) on per-object values with shared local keys.
+
+    ``value_width`` (None = ``width``): width of ``psi``'s output, the value path
+    inside attention; ``rel_pos_bias``: a learned ``[(2wt-1)(2wh-1)(2ww-1), heads]``
+    table ``rel_bias`` added to the window logits; ``padding``: ``"masked"`` or
+    ``"swin"`` (see :func:`default_config`).
+    """
 
     width: int
     heads: int
