@@ -198,6 +198,7 @@ def _segment(bundle, clip):
 
     info, frames, first = clip
     seg = VideoSegmenter(str(bundle), {"return_probs": True, "resolution": None})
+    assert seg.config.clip_length == info["clip_length"] and seg.config.segment_len == 5
     preds = []
     for t in range(len(frames)):
         preds += seg.step(frames[t], first if t == 0 else None)
