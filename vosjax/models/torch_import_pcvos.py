@@ -44,6 +44,16 @@ predicted (``--predict_all``). Their resize is bicubic on the normalised frames
 and vosjax's is its own (no effect on DAVIS 480p frames). Their memory grows
 without bound; the bundle holds :data:`MEMORY_FRAMES` (the same outputs for
 videos of up to ``1 + L * (MEMORY_FRAMES - 1)`` frames).
+
+Known differences from their driver: (1) a clip cut short (the last clip of a
+video, or one ended by a frame with new masks) runs in vosjax's engine as L
+frames with padding frames after the valid ones, and the refinement's time
+windows pair the last valid frame with a padding frame, where their driver runs
+the shorter clip; the other frames are unaffected (on the seeded fixture, a
+4-frame last clip of L = 6: that frame's probabilities differ by up to 3e-3, its
+labels on 0.5 % of the pixels); (2) their YouTube-VOS driver keeps one memory
+per object, each starting at the frame where its object is first given (see
+the engine's handling of objects that appear later); (3) resizing, above.
 """
 
 from __future__ import annotations
