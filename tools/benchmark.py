@@ -4,7 +4,8 @@ Each suite lives in ``tools/bench/<suite>.py`` and exposes ``main(argv)``.
 Suites print medians of repeated runs and ratios against a baseline measured
 in the same run (these machines are noisy; absolute times are only context).
 
-Suites: readout, learners, models, data, train, engine, evaluate.
+Suites: readout, object_readout, learners, models, data, train, engine, evaluate, gpu
+(accelerators).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import importlib
 import pathlib
 import sys
 
-SUITES = ("readout", "object_readout", "learners", "models", "data", "train", "engine", "evaluate")
+SUITES = (
+    "readout", "object_readout", "learners", "models", "data", "train", "engine", "evaluate", "gpu"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

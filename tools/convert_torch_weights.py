@@ -4,13 +4,18 @@
         [--in-channels N] [--stop-at s16] [--strip-prefix P|auto] [--allow-missing] [--overwrite]
     python tools/convert_torch_weights.py --arch stcn --input stcn.pth --output DIR \
         [--memory-frames 40] [--allow-missing] [--overwrite]
+    python tools/convert_torch_weights.py --arch pcvos --input s03_pcvos_ytvos.pth --output DIR \
+        [--clip-length 5] [--memory-frames 40] [--allow-missing] [--overwrite]
 
 ``--arch stcn`` converts the authors' released STCN checkpoint (``stcn.pth`` or
 ``stcn_s0.pth``) into a vosjax bundle that ``python -m vosjax.segment --checkpoint DIR``
 and ``VideoSegmenter(DIR)`` run with the authors' inference settings, and writes
 ``DIR/conversion.json`` naming every source tensor and where it went; a tensor it
 cannot place, or (without ``--allow-missing``) a missing one, is an error. See
-``vosjax/models/torch_import_stcn.py`` for the mapping and the settings.
+``vosjax/models/torch_import_stcn.py`` for the mapping and the settings. ``--arch pcvos``
+does the same for the authors' released PCVOS checkpoint (``s03_pcvos_ytvos.pth``; STCN's
+mapping plus the local-key head and the intra-clip refinement; clips of ``--clip-length``
+frames, 5 by default as their script; see ``vosjax/models/torch_import_pcvos.py``).
 
 Reads ``.pth`` / ``.pt`` with ``torch.load(weights_only=True)`` (needs the torch extra)
 or ``.safetensors`` with NumPy (no torch), maps the keys onto
@@ -32,7 +37,7 @@ import pathlib
 import sys
 
 _SHOW = 10  # names listed per category on screen; the JSON has all of them
-NETWORKS = ("stcn",)  # whole networks released by their authors (a vosjax bundle each)
+NETWORKS = ("stcn", "pcvos")  # whole networks released by their authors (a vosjax bundle each)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,19 +82,35 @@ def _parser() -> argparse.ArgumentParser:
         "--memory-frames",
         type=int,
         default=None,
-        help="--arch stcn: memory capacity of the bundle in frames (default "
-        "torch_import_stcn.MEMORY_FRAMES, enough for DAVIS / YouTube-VOS videos)",
+        help="--arch stcn / pcvos: memory capacity of the bundle in frames (default "
+        "MEMORY_FRAMES of torch_import_stcn / torch_import_pcvos, enough for DAVIS / "
+        "YouTube-VOS videos)",
+    )
+    p.add_argument(
+        "--clip-length",
+        type=int,
+        default=None,
+        help="--arch pcvos: frames per clip L (default 5; the authors' script also runs "
+        "10, 15, 25); a memory frame ends every clip, PMM every 5 frames",
     )
     return p
 
 
 def _convert_network(args) -> int:
     from vosjax.errors import VosjaxError
-    from vosjax.models import torch_import_stcn
+    from vosjax.models import torch_import_pcvos, torch_import_stcn
 
     kwargs = {} if args.memory_frames is None else {"memory_frames": args.memory_frames}
+    convert = torch_import_stcn.convert_stcn
+    if args.arch == "pcvos":
+        convert = torch_import_pcvos.convert_pcvos
+        if args.clip_length is not None:
+            kwargs["clip_length"] = args.clip_length
+    elif args.clip_length is not None:
+        print("convert_torch_weights: error: --clip-length applies to --arch pcvos only", file=sys.stderr)
+        return 1
     try:
-        out, report = torch_import_stcn.convert_stcn(
+        out, report = convert(
             args.input,
             args.output,
             allow_missing=args.allow_missing,

@@ -307,3 +307,56 @@ def test_full_size_480x854_clip():
     logits = run(v)
     chex.assert_shape(logits, (bsz, nobj, clip, hh, ww))
     assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+# ----------------------------------------------------------------------------- the authors' form
+
+
+def _swin_layer(padding, rel_pos_bias=False):
+    return pcvos.ICRLayer(width=8, heads=1, ffn_dim=12, window=(2, 3, 3), shift=(1, 1, 1),
+                          value_width=6, rel_pos_bias=rel_pos_bias, padding=padding)
+
+
+@pytest.mark.parametrize("size", [(4, 6, 6), (3, 5, 4)])
+def test_swin_padding_differs_from_masked_only_where_there_is_padding(size):
+    # Video Swin's form pads the normalised inputs BEFORE the projections and lets the
+    # padding be attended; on a grid of whole windows it is the exact form (the -100
+    # region logit is below float32 resolution).
+    rng = np.random.default_rng(1)
+    v = jnp.asarray(rng.normal(size=(1, 2) + size + (6,)), jnp.float32)
+    k = jnp.asarray(0.2 * rng.normal(size=(1,) + size + (5,)), jnp.float32)
+    params = _swin_layer("masked").init(jax.random.key(0), v, k)
+    params = jax.tree_util.tree_map(  # non-zero biases: padding projects to them
+        lambda x: x + 0.3 * jnp.asarray(rng.normal(size=x.shape), jnp.float32), params
+    )
+    a = _swin_layer("masked").apply(params, v, k)
+    b = _swin_layer("swin").apply(params, v, k)
+    diff = float(jnp.abs(a - b).max())
+    if size == (4, 6, 6):
+        assert diff < 1e-5
+    else:
+        assert diff > 1e-3
+
+
+def test_authors_form_has_their_shapes_and_defaults_are_unchanged():
+    c = pcvos.default_config()
+    assert (c.icr_value_width, c.icr_rel_pos_bias, c.icr_final_norm, c.icr_padding) == (
+        0, False, False, "masked")
+    spec = pcvos.PCVOS(c).spec
+    assert spec.icr_value_width is None and spec.icr_ffn_dim == 1024
+    a = pcvos.authors_icr(pcvos.default_config(tiny=True))
+    a.icr_window = (2, 3, 3)
+    m = pcvos.PCVOS(a)
+    v = jnp.zeros((1, 1, 2, 5, 4, a.value_dim))
+    k = jnp.zeros((1, 2, 5, 4, a.intra_key_dim))
+    p = jax.eval_shape(lambda: pcvos.IntraClipRefinement(m.spec).init(jax.random.key(0), v, k))
+    p = p["params"]
+    cv = a.value_dim
+    assert p["layer0"]["psi"]["kernel"].shape == (cv, cv) and p["layer0"]["out"]["kernel"].shape == (cv, cv)
+    assert p["layer1"]["ffn_in"]["kernel"].shape == (cv, 4 * cv)
+    assert p["layer1"]["phi"]["kernel"].shape == (a.intra_key_dim, a.icr_width)
+    assert p["layer0"]["rel_bias"].shape == (3 * 5 * 5, 1) and p["norm"]["scale"].shape == (cv,)
+    bad = a.to_dict()
+    bad["icr_padding"] = "zeros"
+    with pytest.raises(VosjaxError, match="icr_padding"):
+        pcvos.PCVOS(bad)

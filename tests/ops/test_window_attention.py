@@ -28,12 +28,14 @@ CONFIGS = [
 ]
 
 
-def reference_window_attention(q, k, v, num_heads, window, shift):
+def reference_window_attention(q, k, v, num_heads, window, shift, table=None):
     """Dense masked softmax over ALL positions, in original coordinates.
 
     Two positions may attend iff, on every axis, floor((p - s) / w) agrees,
     where (w, s) are clamped to the axis size as Video Swin does. Padding does
-    not exist here, so it cannot receive weight.
+    not exist here, so it cannot receive weight. ``table`` (``[(2wt-1)(2wh-1)(2ww-1),
+    heads]`` of the requested window): pair (a, b) adds the row of the offset
+    ``p_a - p_b``, counted from ``-(w - 1)`` per axis, t slowest.
     """
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     B, T, H, W, Ck = q.shape
@@ -51,6 +53,11 @@ def reference_window_attention(q, k, v, num_heads, window, shift):
         for h in range(num_heads):
             qs, ks = qf[:, h * dk : (h + 1) * dk], kf[:, h * dk : (h + 1) * dk]
             logits = qs @ ks.T / np.sqrt(dk)
+            if table is not None:
+                wt, wh, ww = window
+                d = positions[:, None, :] - positions[None, :, :] + np.array([wt - 1, wh - 1, ww - 1])
+                row = (d[..., 0] * (2 * wh - 1) + d[..., 1]) * (2 * ww - 1) + d[..., 2]
+                logits = logits + np.asarray(table, np.float64)[np.clip(row, 0, len(table) - 1), h]
             logits = np.where(allowed, logits, -np.inf)
             logits -= logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
@@ -95,6 +102,45 @@ def test_shift_changes_the_result():
     a = _jitted(heads, window, (0, 0, 0))(q, k, v)
     b = _jitted(heads, window, (1, 3, 3))(q, k, v)
     assert float(jnp.abs(a - b).max()) > 1e-2
+
+
+@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[3]])
+def test_relative_position_bias_matches_dense_reference(config):
+    shape, cv, heads, window, shift = config
+    q, k, v = _qkv(3, shape, cv)
+    rows = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
+    table = jax.random.normal(jax.random.PRNGKey(4), (rows, heads))
+    got = wa.window_attention(q, k, v, heads, window, shift, bias_table=table)
+    want = reference_window_attention(q, k, v, heads, window, shift, table)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
+    plain = reference_window_attention(q, k, v, heads, window, shift)
+    assert np.abs(want - plain).max() > 1e-2  # the bias matters
+    with pytest.raises(VosjaxError, match="bias_table"):
+        wa.window_attention(q, k, v, heads, window, shift, bias_table=table[1:])
+
+
+def test_relative_position_index_by_hand():
+    # window (1, 2, 2): tokens (h, w) = (0,0), (0,1), (1,0), (1,1); row = (dh + 1) * 3 + dw + 1
+    want = np.array([[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]])
+    np.testing.assert_array_equal(wa.relative_position_index((1, 2, 2)), want)
+    index = wa.relative_position_index((2, 7, 7))
+    assert index.shape == (98, 98) and index.min() == 0 and index.max() == 3 * 13 * 13 - 1
+
+
+def test_masked_logit_is_video_swins_additive_region_mask():
+    shape, cv, heads, window, shift = CONFIGS[1]  # divisible, shifted
+    q, k, v = _qkv(5, shape, cv)
+    exact = wa.window_attention(q, k, v, heads, window, shift)
+    huge = wa.window_attention(q, k, v, heads, window, shift, masked_logit=-1e4)
+    np.testing.assert_allclose(np.asarray(huge), np.asarray(exact), rtol=1e-6, atol=1e-6)
+    # masked_logit = 0: nothing is separated, i.e. plain windows of the rolled grid
+    zero = wa.window_attention(q, k, v, heads, window, shift, masked_logit=0.0)
+    rolled = [wa.cyclic_shift(a, shift) for a in (q, k, v)]
+    plain = wa.reverse_cyclic_shift(wa.window_attention(*rolled, heads, window), shift)
+    np.testing.assert_allclose(np.asarray(zero), np.asarray(plain), rtol=1e-5, atol=1e-5)
+    # Video Swin's -100: a weight of e^-100 relative, below float32 resolution here
+    swin = wa.window_attention(q, k, v, heads, window, shift, masked_logit=-100.0)
+    np.testing.assert_allclose(np.asarray(swin), np.asarray(exact), rtol=1e-6, atol=1e-6)
 
 
 def test_mask_of_small_example_by_hand():

@@ -1,4 +1,4 @@
-"""The STCN-family paper recipes: configs pinned to docs/RECIPES.md, the gap curriculum, weights at start."""
+"""The paper recipes: configs pinned to docs/RECIPES.md (STCN family, JOINT), the gap curriculum, weights at start."""
 
 from __future__ import annotations
 
@@ -84,6 +84,51 @@ def test_config_matches_the_recipe_table(method):
     assert set(got) == set(rows), sorted(set(got) ^ set(rows))
     for field, text in got.items():
         assert rows[field][1] == text, (method, field)
+
+
+def describe_joint() -> dict[str, str]:
+    """configs/joint.py (full) in the words of the JOINT table's config column."""
+    c = config_of("joint")
+    assert tuple(c.stage_order) == ("video", "video_full")
+    st = [c.stages[n] for n in c.stage_order]
+    d1, d2 = (TrainDataConfig.from_config({k: x for k, x in s.data.items() if k != "source"}) for s in st)
+    assert d1 == d2  # both stages train on the same data
+    a = d1.augment
+    lr = "; ".join(
+        f"{s.optim.lr:g}, x{s.optim.decay_factor:g} at {' / '.join(str(k) for k in s.optim.decay_steps)}"
+        for s in st
+    )
+    rj, oj = a.search_center_jitter
+    return {
+        "batch": str(d1.batch_size),
+        "iterations": " / ".join(f"{n} {s.steps}" for n, s in zip(c.stage_order, st)),
+        "lr": f"{st[0].optim.name.capitalize()} {lr}",
+        "crop": "{}x{}".format(*d1.crop_size) + f", factor {a.search_area_factor:g}, {a.search_crop}",
+        "jitter": (f"reference {a.search_scale_jitter[0]:g} / ({rj[0]:g}, {rj[1]:g}), "
+                   f"others {a.search_scale_jitter[1]:g} / ({oj[0]:g}, {oj[1]:g})"),
+        "frames": f"{d1.frames_per_sample} (window {d1.window})",
+        "objects": str(d1.max_objects),
+        "augment": (f"per-frame rotation {a.frame_rotation_deg:g} / zoom {a.frame_scale:g}, "
+                    f"mirror {a.flip_prob:g}{' (reference apart)' if a.reference_own_flip else ''}, "
+                    f"brightness {a.brightness:g}"),
+        "losses": f"Lovasz + {c.objective.cosine_weight:g} cosine",
+        "init": f"ImageNet {_arch(c.init.backbones.backbone)}",
+    }
+
+
+def test_joint_config_matches_the_recipe_table():
+    rows = table("joint")
+    got = describe_joint()
+    assert set(got) == set(rows), sorted(set(got) ^ set(rows))
+    for field, text in got.items():
+        assert rows[field][1] == text, (field, text)
+    a = TrainDataConfig.from_config(
+        {k: x for k, x in config_of("joint").stages.video.data.items() if k != "source"}).augment
+    # nothing else moves the frames: the search region replaces the clip's crop, rotation and shear
+    assert (a.rotation_deg, a.shear_deg, a.frame_shear_deg) == (0, 0, 0)
+    assert (a.contrast, a.saturation, a.hue_deg, a.noise_std) == (0, 0, 0, 0)
+    tiny = importlib.import_module("configs.joint").get_config("tiny").stages.video.data
+    assert "augment" not in tiny  # the CPU variant keeps the plain random crop
 
 
 def test_stcn_values_are_the_authors_code():

@@ -49,8 +49,9 @@ def _fake_batch(data_cfg, batch: int, seed: int = 0) -> dict:
     return {"frames": frames, "labels": labels, "obj_valid": np.ones((batch, O), bool)}
 
 
-def bench_config(spec: str, batch: int, repeats: int, data: bool) -> dict:
-    config = build_config(f"configs/{spec}" if "/" not in spec else spec)
+def bench_config(spec: str, batch: int, repeats: int, data: bool, overrides: tuple = ()) -> dict:
+    """Time the last stage's train step of ``spec`` (``overrides``: ``--config.x=y`` flags)."""
+    config = build_config(f"configs/{spec}" if "/" not in spec else spec, list(overrides))
     name, stage = stage_list(config)[-1]
     steps = max(int(stage.steps), 10)
     data_cfg = data_pipeline_config(stage, steps)

@@ -31,6 +31,17 @@ Batches are dicts of NumPy arrays (``B`` = per-host batch, ``T`` = frames,
 
 If no object survives ``max_tries`` crops on each of 3 frame draws the sample
 has ``obj_valid`` all False (the trainer should weight it out).
+
+With a search-region crop (``augment.search_area_factor`` > 0, JOINT; see
+:mod:`vosjax.data.search_crop`) each sample has ONE target, drawn uniformly
+among the objects present in the source reference frame (before the crop) at
+every frame draw; the frames are cropped around its per-frame boxes (a frame
+where it is absent takes the box of the nearest earlier frame that shows it,
+see :func:`~vosjax.data.search_crop.target_boxes`), and a crop counts as a
+success only if the target keeps ``min_object_pixels`` in the reference frame.
+The target is slot 1; further slots (``max_objects`` > 1) hold other objects
+that the crop keeps, in random order. If the target never survives, the slots
+fall back to the rule above.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from vosjax.data.samplers import (
     sampler_names,
     sampler_spec,
 )
+from vosjax.data.search_crop import pick_target, target_boxes
 from vosjax.data.static import DeformConfig, make_pseudo_video
 from vosjax.data.video import remap_to_slots
 from vosjax.errors import VosjaxError
@@ -169,6 +181,8 @@ def make_sample(
             "YouTube-VOS valid); train on fully annotated splits."
         )
     extra: dict[str, np.ndarray] = {}
+    search = cfg.augment.search_area_factor > 0
+    target, boxes = 0, None
     best = None
     for _ in range(3):
         if cfg.sampler == "static":
@@ -180,19 +194,29 @@ def make_sample(
             idx, extra = sample_frame_indices(cfg.sampler, rng, cand, progress, opts)
             frames = video.frames[idx]
             labels = video.masks[idx]
+        if search:
+            target = pick_target(labels[0], rng)
+            boxes = target_boxes(labels, target)
         for _ in range(cfg.max_tries):
-            tf = sample_clip_transform(rng, frames.shape[1:3], cfg.crop_size, cfg.augment, frames.shape[0])
+            tf = sample_clip_transform(
+                rng, frames.shape[1:3], cfg.crop_size, cfg.augment, frames.shape[0], boxes
+            )
             f_aug, l_aug = apply_clip_transform(tf, frames, labels, rng)
             counts = np.bincount(l_aug[0].ravel(), minlength=256)  # uint8 ids: O(pixels)
             counts[0] = 0
             keep = np.flatnonzero(counts >= cfg.min_object_pixels)
-            best = (f_aug, l_aug, keep, idx)
-            if keep.size:
+            ok = bool(keep.size) and (not search or target in keep)
+            best = (f_aug, l_aug, keep, idx, target, ok)
+            if ok:
                 break
-        if best[2].size:
+        if best[5]:
             break
-    f_aug, l_aug, keep, idx = best
-    chosen = rng.permutation(keep)[:num_slots] if keep.size else np.zeros(0, np.int64)
+    f_aug, l_aug, keep, idx, target, ok = best
+    if search and ok:
+        rest = rng.permutation(keep[keep != target])[: num_slots - 1]
+        chosen = np.concatenate([[target], rest]).astype(np.int64)
+    else:
+        chosen = rng.permutation(keep)[:num_slots] if keep.size else np.zeros(0, np.int64)
     if chosen.size:
         slots, _ = remap_to_slots(l_aug, [int(c) for c in chosen])
     else:

@@ -48,8 +48,9 @@ head (3x3 conv to D + sigmoid); the learner starts from a zero kernel. The
 paper crops a search region around the target (5x its size, resized to
 832 x 480; JOINT ``ltr/data/processing.py`` ``SegProcessing`` with
 ``search_area_factor=5.0``, ``output_sz=(832, 480)``, ``crop_type='inside_major'``,
-center / scale jitter train 3 / 0.25, test (5.5, 4.5) / 0.5): that crop belongs on
-the data side and is not implemented yet; the model sees whatever frames the caller gives it.
+center / scale jitter train 3 / 0.25, test (5.5, 4.5) / 0.5): that crop is on the
+data side (``AugmentConfig.search_area_factor``, :mod:`vosjax.data.search_crop`, used by
+configs/joint.py); the model sees whatever frames the caller gives it.
 
 The cosine decoupling loss (eq. 8) needs both heads' encodings:
 :meth:`JOINT.encode_value` returns them

@@ -25,6 +25,14 @@ additions:
   shared by all objects (they depend on ``k_intra`` only), so objects never
   mix and invalid slots cannot affect valid ones.
 
+The authors' released network (:func:`authors_icr`, used by
+:mod:`vosjax.models.torch_import_pcvos`) differs from this default form, and
+config switches select its form: values projected ``Cv -> Cv`` (512, not 256)
+inside attention, an FFN of hidden width 2048, a relative-position bias per
+head (Video Swin's table), Video Swin's padding and region masking, and a
+final LayerNorm on the refined values. Its local-key head is the same 3 x 3
+convolution of the stride-16 features to 256 channels.
+
 ``segment`` honours ``SegmentOptions.segment_len`` (progressive memory
 matching, eq. 4) and ``top_k`` as the base class does. Per-clip inference is
 the engine's choice: it passes the L frames of a clip in ``feats`` at once.
@@ -53,7 +61,7 @@ from vosjax.models.stcn import (
     spec_fields,
 )
 from vosjax.models.stcn import default_config as stcn_config
-from vosjax.ops.window_attention import window_attention
+from vosjax.ops.window_attention import effective_window, window_attention
 
 
 def default_config(tiny: bool = False) -> ml_collections.ConfigDict:
@@ -61,7 +69,17 @@ def default_config(tiny: bool = False) -> ml_collections.ConfigDict:
 
     Extra fields: ``intra_key_dim`` (Ck' = 256), ``icr_layers`` (2),
     ``icr_width`` (256), ``icr_heads`` (1: eq. 3 is single-head),
-    ``icr_ffn_dim`` (1024), ``icr_window`` ((2, 7, 7)). The clip length L and
+    ``icr_ffn_dim`` (1024), ``icr_window`` ((2, 7, 7)), and four switches of
+    the form the authors' released network has (:func:`authors_icr`; bundles
+    written before these fields existed get the defaults): ``icr_value_width``
+    (width of the value path inside attention; 0 = ``icr_width``),
+    ``icr_rel_pos_bias`` (a learned relative-position bias per head added to
+    the window logits; False), ``icr_final_norm`` (a LayerNorm after the last
+    layer; False), ``icr_padding`` (``"masked"``: padding tokens and tokens of
+    other shifted windows are excluded exactly; ``"swin"``: Video Swin's form,
+    the normalised inputs are zero-padded to whole windows BEFORE the
+    projections, padding tokens take part in attention, and tokens of other
+    shifted windows get -100 added to their logits). The clip length L and
     the progressive-matching segment length F are inference options
     (``inference.clip_length`` / ``inference.segment_len`` of a run config;
     the engine passes F as ``SegmentOptions.segment_len``).
@@ -75,6 +93,10 @@ def default_config(tiny: bool = False) -> ml_collections.ConfigDict:
     c.icr_heads = 1
     c.icr_ffn_dim = 1024
     c.icr_window = (2, 7, 7)
+    c.icr_value_width = 0
+    c.icr_rel_pos_bias = False
+    c.icr_final_norm = False
+    c.icr_padding = "masked"
     if tiny:
         c.intra_key_dim = 16
         c.icr_width = 16
@@ -82,6 +104,30 @@ def default_config(tiny: bool = False) -> ml_collections.ConfigDict:
         c.icr_ffn_dim = 32
         c.icr_window = (2, 3, 3)
     return c
+
+
+def authors_icr(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Set the ICR fields of ``config`` to the form of the authors' released network.
+
+    Their refinement (github pkyong95/PCVOS, ``model/intra_clip_refinement.py``,
+    run with ``--T_window 2 --S_window 7 --shared_proj``): two Video Swin
+    blocks, one head, queries = keys from one linear map of the LayerNorm-ed
+    256-channel local keys, values projected 512 -> 512 (not through 256), an
+    MLP of hidden width 2048 (4 x 512), a relative-position bias, zero-padding
+    before the projections, -100 between shifted regions, and a final
+    LayerNorm. Returns ``config`` (changed in place).
+    """
+    config.intra_key_dim = 256
+    config.icr_layers = 2
+    config.icr_width = 256
+    config.icr_heads = 1
+    config.icr_window = (2, 7, 7)
+    config.icr_value_width = config.value_dim
+    config.icr_ffn_dim = 4 * config.value_dim
+    config.icr_rel_pos_bias = True
+    config.icr_final_norm = True
+    config.icr_padding = "swin"
+    return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +140,20 @@ class PCVOSSpec(MemoryNetSpec):
     icr_heads: int = 1
     icr_ffn_dim: int = 1024
     icr_window: tuple[int, int, int] = (2, 7, 7)
+    icr_value_width: int | None = None
+    icr_rel_pos_bias: bool = False
+    icr_final_norm: bool = False
+    icr_padding: str = "masked"
 
 
 class ICRLayer(nn.Module):
-    """One refinement layer (eq. 3 + FFN) on per-object values with shared local keys."""
+    """One refinement layer (eq. 3 + FFN) on per-object values with shared local keys.
+
+    ``value_width`` (None = ``width``): width of ``psi``'s output, the value path
+    inside attention; ``rel_pos_bias``: a learned ``[(2wt-1)(2wh-1)(2ww-1), heads]``
+    table ``rel_bias`` added to the window logits; ``padding``: ``"masked"`` or
+    ``"swin"`` (see :func:`default_config`).
+    """
 
     width: int
     heads: int
@@ -105,33 +161,52 @@ class ICRLayer(nn.Module):
     window: tuple[int, int, int]
     shift: tuple[int, int, int]
     dtype: Any = jnp.float32
+    value_width: int | None = None
+    rel_pos_bias: bool = False
+    padding: str = "masked"
 
     @nn.compact
     def __call__(
         self, v: Float[Array, "B O T h w Cv"], k_intra: Float[Array, "B T h w Ckp"]
     ) -> Float[Array, "B O T h w Cv"]:
         b, o, t, h, w, cv = v.shape
-        dt, heads, d = self.dtype, self.heads, self.width // self.heads
+        dt, heads = self.dtype, self.heads
+        dv = (self.value_width or self.width) // heads
 
-        def ln_dense(x: Array, features: int, name: str) -> Array:
-            x = nn.LayerNorm(epsilon=1e-5, dtype=dt, param_dtype=jnp.float32, name=f"{name}_norm")(
-                x
-            )
+        def norm(x: Array, name: str) -> Array:
+            return nn.LayerNorm(epsilon=1e-5, dtype=dt, param_dtype=jnp.float32, name=name)(x)
+
+        def dense(x: Array, features: int, name: str) -> Array:
             return nn.Dense(features, dtype=dt, param_dtype=jnp.float32, name=name)(x)
 
-        k = ln_dense(k_intra, self.width, "phi")  # [B, T, h, w, width], shared by objects
-        u = ln_dense(v, self.width, "psi")  # [B, O, T, h, w, width]
-        # Fold objects into each head's value channels: [B, T, h, w, heads * O * d], so one
+        kn, vn = norm(k_intra, "phi_norm"), norm(v, "psi_norm")
+        win, _ = effective_window((t, h, w), self.window, self.shift)
+        tp, hp, wp = (-(-n // s) * s for n, s in zip((t, h, w), win))
+        if self.padding == "swin":  # pad the normalised inputs; padding is attended to
+            grow = ((0, tp - t), (0, hp - h), (0, wp - w), (0, 0))
+            kn = jnp.pad(kn, ((0, 0),) + grow)
+            vn = jnp.pad(vn, ((0, 0), (0, 0)) + grow)
+        k = dense(kn, self.width, "phi")  # [B, T', h', w', width], shared by objects
+        u = dense(vn, heads * dv, "psi")  # [B, O, T', h', w', heads * dv]
+        tt, hh, ww = k.shape[1:4]
+        table = None
+        if self.rel_pos_bias:
+            rows = (2 * self.window[0] - 1) * (2 * self.window[1] - 1) * (2 * self.window[2] - 1)
+            table = self.param(
+                "rel_bias", nn.initializers.truncated_normal(0.02), (rows, heads), jnp.float32
+            )
+        # Fold objects into each head's value channels: [B, T, h, w, heads * O * dv], so one
         # softmax per head serves all objects and objects never mix.
-        u = u.reshape(b, o, t, h, w, heads, d).transpose(0, 2, 3, 4, 5, 1, 6)
+        u = u.reshape(b, o, tt, hh, ww, heads, dv).transpose(0, 2, 3, 4, 5, 1, 6)
         a = window_attention(
-            k, k, u.reshape(b, t, h, w, heads * o * d), heads, self.window, self.shift
-        )
-        a = a.reshape(b, t, h, w, heads, o, d).transpose(0, 5, 1, 2, 3, 4, 6)
-        a = a.reshape(b, o, t, h, w, self.width)
-        v = v + nn.Dense(cv, dtype=dt, param_dtype=jnp.float32, name="out")(a)
-        f = nn.gelu(ln_dense(v, self.ffn_dim, "ffn_in"), approximate=False)
-        return v + nn.Dense(cv, dtype=dt, param_dtype=jnp.float32, name="ffn_out")(f)
+            k, k, u.reshape(b, tt, hh, ww, heads * o * dv), heads, self.window, self.shift,
+            bias_table=table, masked_logit=-100.0 if self.padding == "swin" else None,
+        )[:, :t, :h, :w]
+        a = a.reshape(b, t, h, w, heads, o, dv).transpose(0, 5, 1, 2, 3, 4, 6)
+        a = a.reshape(b, o, t, h, w, heads * dv)
+        v = v + dense(a, cv, "out")
+        f = nn.gelu(dense(norm(v, "ffn_in_norm"), self.ffn_dim, "ffn_in"), approximate=False)
+        return v + dense(f, cv, "ffn_out")
 
 
 class IntraClipRefinement(nn.Module):
@@ -153,9 +228,29 @@ class IntraClipRefinement(nn.Module):
                 s.icr_window,
                 half if i % 2 else (0, 0, 0),
                 s.compute_dtype,
+                value_width=s.icr_value_width,
+                rel_pos_bias=s.icr_rel_pos_bias,
+                padding=s.icr_padding,
                 name=f"layer{i}",
             )(v, k_intra)
+        if s.icr_final_norm:
+            v = nn.LayerNorm(
+                epsilon=1e-5, dtype=s.compute_dtype, param_dtype=jnp.float32, name="norm"
+            )(v)
         return v
+
+
+def _optional(config: Any, name: str, default: Any, kind: type, owner: str) -> Any:
+    """A field that configs written before it existed lack: ``default`` then."""
+    try:
+        v = config[name]
+    except (KeyError, AttributeError, TypeError):
+        return default
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise VosjaxError(
+            f"{owner}: config field 'model.{name}' must be a {kind.__name__}, got {v!r}."
+        )
+    return v
 
 
 class PCVOSNet(MemoryNet):
@@ -212,7 +307,22 @@ class PCVOS(STCN):
             icr_heads=_positive_int(config, "icr_heads", owner),
             icr_ffn_dim=_positive_int(config, "icr_ffn_dim", owner),
             icr_window=window,
+            icr_value_width=_optional(config, "icr_value_width", 0, int, owner) or None,
+            icr_rel_pos_bias=_optional(config, "icr_rel_pos_bias", False, bool, owner),
+            icr_final_norm=_optional(config, "icr_final_norm", False, bool, owner),
+            icr_padding=_optional(config, "icr_padding", "masked", str, owner),
         )
+        if fields["icr_padding"] not in ("masked", "swin"):
+            raise VosjaxError(
+                f"{owner}: config field 'model.icr_padding' must be 'masked' or 'swin', "
+                f"got {fields['icr_padding']!r}."
+            )
+        vw = fields["icr_value_width"]
+        if vw is not None and (vw < 0 or vw % fields["icr_heads"]):
+            raise VosjaxError(
+                f"{owner}: config field 'model.icr_value_width' = {vw} must be 0 (= icr_width) "
+                f"or a positive multiple of 'model.icr_heads' = {fields['icr_heads']}."
+            )
         if fields["icr_width"] % fields["icr_heads"]:
             raise VosjaxError(
                 f"{owner}: config field 'model.icr_heads' = {fields['icr_heads']} must divide "

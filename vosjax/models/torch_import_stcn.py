@@ -247,16 +247,42 @@ def convert_stcn_state_dict(
     (then: :func:`vosjax.models.backbones.init_leaf`, PRNG ``seed``), when one of
     our variables has no source tensor.
     """
-    fn = "convert_stcn_state_dict"
+    return place_state_dict(
+        state_dict,
+        expected_variables(config),
+        fn="convert_stcn_state_dict",
+        network="STCN",
+        hint="Is this the authors' STCN checkpoint (stcn.pth / stcn_s0.pth)?",
+        allow_missing=allow_missing,
+        seed=seed,
+    )
+
+
+def place_state_dict(
+    state_dict: Mapping[str, Any],
+    expected: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]],
+    *,
+    fn: str,
+    network: str,
+    hint: str,
+    allow_missing: bool = False,
+    seed: int = 0,
+    ignore: Sequence[str] = _IGNORED,
+) -> tuple[dict[str, Any], STCNConversionReport]:
+    """Place every tensor of ``state_dict`` by ``expected`` (``{their key: (our path, our shape)}``).
+
+    Keys ending in one of ``ignore`` are listed as ignored; a DataParallel
+    ``"module."`` prefix is stripped. Errors as :func:`convert_stcn_state_dict`
+    (``network`` and ``hint`` word them).
+    """
     if not isinstance(state_dict, Mapping):
         raise VosjaxError(f"{fn}: state_dict must be a mapping name -> array, got {type(state_dict).__name__}.")
-    expected = expected_variables(config)
     prefix = _strip_prefix(list(state_dict))
     report = STCNConversionReport(prefix=prefix)
     flat: dict[tuple[str, ...], np.ndarray] = {}
     problems: list[str] = []
     for key in state_dict:
-        if key.endswith(_IGNORED):
+        if key.endswith(tuple(ignore)):
             report.ignored.append(key)
             continue
         name = key[len(prefix) :]
@@ -293,10 +319,9 @@ def convert_stcn_state_dict(
     report.notes.extend(problems)
     if report.unused:
         raise VosjaxError(
-            f"{fn}: {len(report.unused)} source tensors cannot be placed in vosjax's STCN: "
+            f"{fn}: {len(report.unused)} source tensors cannot be placed in vosjax's {network}: "
             f"{', '.join(report.unused[:12])}{' ...' if len(report.unused) > 12 else ''}."
-            f"{' Problems: ' + '; '.join(problems[:6]) + '.' if problems else ''} Is this the "
-            "authors' STCN checkpoint (stcn.pth / stcn_s0.pth)?"
+            f"{' Problems: ' + '; '.join(problems[:6]) + '.' if problems else ''} {hint}"
         )
     if report.unmatched and not allow_missing:
         raise VosjaxError(
@@ -309,7 +334,10 @@ def convert_stcn_state_dict(
     rng = jax.random.key(seed)
     for i, name in enumerate(report.unmatched):
         path, shape = expected[name]
-        flat[path] = np.asarray(backbones.init_leaf(path[-1], jax.random.fold_in(rng, i), shape))
+        if path[-1] in ("kernel", "scale", "var", "bias", "mean"):
+            flat[path] = np.asarray(backbones.init_leaf(path[-1], jax.random.fold_in(rng, i), shape))
+        else:  # e.g. PCVOS's relative-position bias table: no bias
+            flat[path] = np.zeros(shape, np.float32)
         report.notes.append(f"{name}: missing, {'/'.join(path)} left at initialisation")
     variables: dict[str, Any] = {}
     for path, value in flat.items():

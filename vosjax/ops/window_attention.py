@@ -25,6 +25,14 @@ window under :func:`shifted_window_mask` (which separates the tokens that
 wrapped around and hides the padding), then undo the partition, the shift and
 the padding. The shift acts on the padded grid, as in Video Swin.
 
+Two options give the Video Swin form used by the PCVOS authors' code:
+a learned relative-position bias added to the logits
+(:func:`relative_position_index`), and region separation by an additive
+logit (Video Swin adds -100) instead of exact exclusion. Their code also lets
+padding take part in attention; a caller gets that by padding its inputs
+itself (before its projections) and passing the padded grid, whose positions
+are then all real.
+
 Projections (LayerNorm + linear) live in the Flax module ``models/pcvos.py``;
 this module is the pure core.
 """
@@ -53,6 +61,7 @@ __all__ = [
     "cyclic_shift",
     "reverse_cyclic_shift",
     "shifted_window_mask",
+    "relative_position_index",
     "window_attention",
 ]
 
@@ -297,6 +306,32 @@ def shifted_window_mask(
     return jnp.asarray(_mask_np(size3, win, sh))
 
 
+@functools.lru_cache(maxsize=32)
+def _rel_index_np(window: Triple) -> np.ndarray:
+    wt, wh, ww = window
+    coords = np.stack(np.meshgrid(np.arange(wt), np.arange(wh), np.arange(ww), indexing="ij"))
+    coords = coords.reshape(3, -1)  # [3, n], tokens in (t, h, w) row-major order
+    rel = coords[:, :, None] - coords[:, None, :] + np.array([wt - 1, wh - 1, ww - 1])[:, None, None]
+    index = (rel[0] * (2 * wh - 1) + rel[1]) * (2 * ww - 1) + rel[2]
+    index.setflags(write=False)
+    return index
+
+
+def relative_position_index(window: int | Sequence[int]) -> np.ndarray:
+    """Row of the relative-position bias table for every token pair of a window.
+
+    For tokens ``a, b`` at ``(t, h, w)`` offsets inside a ``wt x wh x ww``
+    window (row-major order, as :func:`window_partition`), the pair's entry is
+    ``((dt + wt - 1) (2 wh - 1) + dh + wh - 1) (2 ww - 1) + dw + ww - 1`` with
+    ``d = pos_a - pos_b``: one row per distinct 3D offset of a table with
+    ``(2 wt - 1)(2 wh - 1)(2 ww - 1)`` rows (Video Swin's layout).
+
+    Returns:
+      ``int[n, n]``, ``n = wt * wh * ww`` (a NumPy constant).
+    """
+    return _rel_index_np(_as_triple("relative_position_index", "window", window, 1))
+
+
 def _masked_softmax(logits: Array, mask: np.ndarray) -> Array:
     """Softmax over the last axis restricted to ``mask``; all-False rows give 0, never NaN.
 
@@ -316,6 +351,9 @@ def window_attention(
     num_heads: int,
     window: int | Sequence[int] = (2, 7, 7),
     shift: int | Sequence[int] = (0, 0, 0),
+    *,
+    bias_table: Float[Array, "R heads"] | None = None,
+    masked_logit: float | None = None,
 ) -> Float[Array, "B T H W Cv"]:
     """Multi-head dot-product attention inside (shifted) 3D windows.
 
@@ -329,12 +367,23 @@ def window_attention(
     :func:`effective_window`; T, H, W need not be multiples of the window.
     The softmax runs in at least float32.
 
+    With ``bias_table`` (``[(2wt-1)(2wh-1)(2ww-1), heads]`` for the REQUESTED
+    window) the logits get ``table[relative_position_index(window)[:n, :n]]``
+    (per head) added, ``n`` the volume of the clamped window: Video Swin's
+    rule, exact when only the time axis (the outermost) is clamped. With
+    ``masked_logit`` (Video Swin: -100.0) pairs from different windows get
+    that value added to their logits instead of being excluded, so they keep
+    a tiny weight, as in Video Swin; padding is then NOT hidden either, so use
+    it on inputs whose T, H, W are already multiples of the window.
+
     Args:
       q, k: queries and keys, ``[B, T, H, W, Ck]`` (already projected).
       v: values, ``[B, T, H, W, Cv]``.
       num_heads: number of heads; must divide ``Ck`` and ``Cv``.
       window: ``(wt, wh, ww)``; PCVOS uses (2, 7, 7).
       shift: ``(st, sh, sw)``; PCVOS uses (1, 3, 3) every other layer.
+      bias_table: optional learned relative-position bias (see above).
+      masked_logit: None (exact exclusion) or the additive logit of separated pairs.
 
     Returns:
       ``[B, T, H, W, Cv]``.
@@ -360,6 +409,7 @@ def window_attention(
             f"{fn}: num_heads={num_heads} must divide the channels of q/k ({Ck}) and v ({Cv})."
         )
     win, sh = effective_window((T, H, W), window, shift)
+    window3 = _as_triple(fn, "window", window, 1)
     d = Ck // num_heads
 
     def to_windows(x: Array) -> Array:
@@ -372,8 +422,24 @@ def window_attention(
     nwin, n = qw.shape[0] // B, qw.shape[1]
     logits = jnp.einsum("bnhd,bmhd->bhnm", qw, kw)
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    if bias_table is not None:
+        r = (2 * window3[0] - 1) * (2 * window3[1] - 1) * (2 * window3[2] - 1)
+        if tuple(bias_table.shape) != (r, num_heads):
+            raise VosjaxError(
+                f"{fn}: 'bias_table' must have shape {(r, num_heads)} for window {window3} "
+                f"and {num_heads} heads, got {tuple(bias_table.shape)}."
+            )
+        index = relative_position_index(window3)[:n, :n]
+        bias = jnp.moveaxis(jnp.asarray(bias_table)[index], -1, 0)  # [heads, n, n]
+        logits = logits + bias.astype(logits.dtype)[None]
     mask = _mask_np((T, H, W), win, sh)
-    if mask.all():
+    if masked_logit is not None:
+        if not mask.all():
+            extra = np.where(mask, 0.0, float(masked_logit)).astype(np.float32)
+            logits = logits.reshape(B, nwin, num_heads, n, n) + extra[None, :, None]
+            logits = logits.reshape(B * nwin, num_heads, n, n)
+        attn = jax.nn.softmax(logits, axis=-1)
+    elif mask.all():
         attn = jax.nn.softmax(logits, axis=-1)
     else:
         logits = logits.reshape(B, nwin, num_heads, n, n)

@@ -36,6 +36,7 @@ __all__ = [
     "davis_source",
     "davis_youtube_source",
     "imagenet",
+    "joint_search_augment",
     "stcn_video_augment",
     "optim",
     "static_source",
@@ -71,6 +72,26 @@ def stcn_video_augment() -> dict:
     return {"crop_scale": (0.36, 1.0), "rotation_deg": 0.0, "shear_deg": 0.0, "flip_prob": 0.5,
             "brightness": 0.1, "contrast": 0.03, "saturation": 0.03, "hue_deg": 0.0,
             "frame_rotation_deg": 15.0, "frame_shear_deg": 10.0}
+
+
+def joint_search_augment() -> dict:
+    """JOINT's training augmentation (``ltr/train_settings/joint/joint_stage1.py``) as :class:`AugmentConfig` fields.
+
+    Per frame, a search region of 5x the jittered target box (``search_area_factor=5``,
+    ``inside_major``; the reference frame jittered by scale 0.25 / centre 3, the other
+    frames by 0.5 / (5.5, 4.5)), then ``RandomAffine`` rotation 15 deg and zoom
+    ``exp(U[-0.2, 0.2])`` per frame; mirror with probability 0.5, the reference frame by
+    a draw of its own (``new_roll=True``); brightness x U[0.8, 1.2]
+    (``ToTensorAndJitter(0.2)``). The authors also jitter brightness per frame, pad
+    regions that leave the frame by replicating its border and turn 5 % of samples
+    gray; here the brightness is per clip, the padding is black and there is no gray.
+    """
+    return {"search_area_factor": 5.0, "search_scale_jitter": (0.25, 0.5),
+            "search_center_jitter": ((3.0, 3.0), (5.5, 4.5)), "search_crop": "inside_major",
+            "rotation_deg": 0.0, "shear_deg": 0.0, "flip_prob": 0.5,
+            "brightness": 0.2, "contrast": 0.0, "saturation": 0.0, "hue_deg": 0.0,
+            "frame_rotation_deg": 15.0, "frame_shear_deg": 0.0, "frame_scale": 0.2,
+            "reference_own_flip": True}
 
 
 def base(seed: int = 0) -> ml_collections.ConfigDict:
