@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from vosjax.models import torch_import_pcvos as tip
 
@@ -48,20 +48,6 @@ N_VARIABLES = 385  # STCN's 347 + the local-key head's 2 + the refinement's 36
 
 def _json(name):
     return json.loads((FIXTURE / name).read_text())
-
-
-def _write_safetensors(tensors: dict[str, np.ndarray], path: pathlib.Path) -> None:
-    """The safetensors layout: u64 header length, JSON header, raw little-endian bytes."""
-    codes = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
-    header, blobs, offset = {}, [], 0
-    for name, a in tensors.items():
-        b = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def _rel(ours, theirs) -> float:
@@ -102,7 +88,7 @@ def clip():
 def bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pcvos_authors")
     src = tmp / "pcvos.safetensors"
-    _write_safetensors(_seeded(), src)
+    save_file(_seeded(), src)
     out, report = tip.convert_pcvos(src, tmp / "bundle", clip_length=_json("clip.json")["clip_length"])
     assert len(report.converted) == N_VARIABLES and not report.unmatched and not report.unused
     return out
@@ -111,7 +97,7 @@ def bundle(tmp_path_factory):
 def test_conversion_maps_every_tensor_and_sets_the_authors_settings(bundle):
     from vosjax.checkpoint import load_bundle
 
-    meta = json.loads((bundle / tip.REPORT_FILE).read_text())
+    meta = json.loads((bundle / tip.torch_import_stcn.REPORT_FILE).read_text())
     spec = {name for name, *_ in _json("spec.json")["tensors"]}
     assert set(meta["converted"]) | set(meta["ignored"]) == spec
     assert len(set(meta["converted"].values())) == len(meta["converted"])  # one-to-one
@@ -271,7 +257,7 @@ def test_cli_converts_with_a_chosen_clip_length(tmp_path, capsys):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     src = tmp_path / "pcvos.safetensors"
-    _write_safetensors(_seeded(), src)
+    save_file(_seeded(), src)
     out = tmp_path / "bundle"
     argv = ["--arch", "pcvos", "--input", str(src), "--output", str(out), "--clip-length", "10"]
     assert cli.main(argv) == 0

@@ -9,7 +9,7 @@ one memory per object, starting at the frame where the object's mask is given; t
 object 1 is given at frame 0, object 2 at frame 5, object 3 at frame 8 (the annotation
 of frame 5 is one column narrower than the frames and is zero-padded on the right, as
 the script does). Here the same weights, converted without torch
-(``test_stcn_authors``), run through :class:`vosjax.inference.VideoSegmenter` with the
+(as in ``test_stcn_authors``), run through :class:`vosjax.inference.VideoSegmenter` with the
 masks given at those frames; under ``-m slow`` (the 480p ResNet-50 engine runs for
 minutes on 2 CPU cores): aggregated probabilities within 1e-3 on >= 99.5 % of the
 stored pixels of the 10 frames and all within 1e-2, label maps equal on >= 99.5 % of the
@@ -68,13 +68,12 @@ def clip():
 
 
 def _bundle(tmp: pathlib.Path) -> pathlib.Path:
-    import importlib.util
+    """The seeded weights of ``spec.json`` as a ``.safetensors`` file, converted (no torch)."""
+    from safetensors.numpy import save_file
 
-    spec = importlib.util.spec_from_file_location("stcn_authors", HERE / "test_stcn_authors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    spec = json.loads(SPEC.read_text())
     src = tmp / "stcn.safetensors"
-    mod._write_safetensors(mod._seeded(), src)
+    save_file(tis.seeded_state_dict(spec["tensors"], spec["seed"]), src)
     out, report = tis.convert_stcn(src, tmp / "bundle")
     assert not report.unmatched and not report.unused
     return out

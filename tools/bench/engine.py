@@ -1,6 +1,7 @@
 """Inference engine throughput: per-frame vs per-clip, objects, gradient correction, FRTM updates.
 
-`python tools/benchmark.py engine [--frames N] [--size H W] [--quick] [--no-frtm]`
+`python tools/benchmark.py engine [--frames N] [--size H W] [--quick] [--no-frtm]
+                                 [--parts [--parts-model stcn] [--parts-objects 2]]`
 
 Model: the TrickVOS lightweight network (``stcn.default_config("trickvos")``:
 MobileNetV2 encoders, key dim 32, memory = first + last frame, mask-only
@@ -21,6 +22,11 @@ Rows:
 - gradient correction every 5 frames (cyclic VOS; N = 10 steps), 1 object;
 - FRTM (``frtm.default_config("fast")``, ResNet-18) with its target-model
   updates every t_s = 8 frames (GN + CG inside the step), 1 object.
+
+``--parts`` adds a per-part profile of a full-size STCN step (key encoder,
+value encoder + write, readout with 1 and many stored frames, decoder per
+object) with XLA's FLOP counts and the fraction of a matmul peak measured in
+the same run (``bench/engine_parts.py``).
 """
 
 from __future__ import annotations
@@ -119,6 +125,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=(480, 854), metavar=("H", "W"))
     ap.add_argument("--quick", action="store_true", help="10 timed frames, L = 5 only")
     ap.add_argument("--no-frtm", action="store_true", help="skip the FRTM row")
+    ap.add_argument("--parts", action="store_true",
+                    help="also profile a full-size network's step by part (bench/engine_parts.py)")
+    ap.add_argument("--parts-model", default="stcn", help="stcn variant to profile (stcn, cyclic)")
+    ap.add_argument("--parts-objects", type=int, default=2)
+    ap.add_argument("--parts-memory", type=int, default=16, help="frames stored for the 2nd read")
     args = ap.parse_args(argv)
     size = tuple(args.size)
     timed = 10 if args.quick else args.frames
@@ -180,4 +191,8 @@ def main(argv: list[str]) -> int:
             )
     print("\n(ratios: TrickVOS rows against TrickVOS per-frame with the same number of objects;")
     print(" FRTM rows against FRTM without periodic updates; all measured in this run)")
+    if args.parts:
+        from bench.engine_parts import report
+
+        report(args.parts_model, size, args.parts_objects, args.parts_memory)
     return 0 if ok else 1

@@ -61,7 +61,7 @@ def _rows(quick: bool, objects: int):
     from vosjax.models.pcvos import default_config as pcvos_config
     from vosjax.models.stcn import default_config as stcn_config
 
-    base = dict(max_objects=objects, bucket_objects=False)
+    base = {"max_objects": objects, "bucket_objects": False}
     return [
         ("STCN", stcn_config("stcn", tiny=quick), EngineConfig(**base)),
         ("TrickVOS lightweight", stcn_config("trickvos", tiny=quick), EngineConfig(**base)),
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     print(machine_line())
     if hasattr(os, "getloadavg"):
-        print("load average: %.2f %.2f %.2f" % os.getloadavg())
+        print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if jax.default_backend() == "cpu" and not args.quick:
         print("note: no accelerator found; this suite is sized for one GPU / TPU")
     _inference(args, tuple(args.size))

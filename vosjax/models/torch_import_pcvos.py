@@ -72,7 +72,7 @@ import numpy as np
 
 from vosjax.errors import VosjaxError
 from vosjax.models import torch_import, torch_import_stcn
-from vosjax.models.torch_import_stcn import REPORT_FILE, STCNConversionReport
+from vosjax.models.torch_import_stcn import STCNConversionReport
 
 MEMORY_FRAMES = 40
 CLIP_LENGTH = 5
@@ -250,30 +250,11 @@ def convert_pcvos(
     seed: int = 0,
     overwrite: bool = False,
 ) -> tuple[pathlib.Path, STCNConversionReport]:
-    """Read ``source`` (``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``),
-    convert it and write a vosjax bundle to ``output`` with :func:`authors_config`.
-
-    The bundle also holds ``conversion.json``: the source file, its sha256 and the
-    report (every source tensor and the variable it went to).
-    """
-    from vosjax import checkpoint
-
-    src = pathlib.Path(source)
-    out = pathlib.Path(output)
-    if (out / "variables").exists() and not overwrite:
-        raise VosjaxError(f"convert_pcvos: {out} already holds a bundle; pass overwrite=True (--overwrite).")
+    """Convert the authors' PCVOS checkpoint ``source`` into a bundle at ``output`` with
+    :func:`authors_config` (:func:`vosjax.models.torch_import_stcn.export_network`)."""
     config = authors_config(clip_length, memory_frames)
-    state_dict = torch_import.read_state_dict(src)
-    variables, report = convert_pcvos_state_dict(
-        state_dict, config=config, allow_missing=allow_missing, seed=seed
+    return torch_import_stcn.export_network(
+        "pcvos", source, output, config,
+        lambda sd: convert_pcvos_state_dict(sd, config=config, allow_missing=allow_missing, seed=seed),
+        overwrite=overwrite,
     )
-    bundle = checkpoint.export_bundle(out, config, variables, overwrite=True)
-    meta = {
-        "arch": "pcvos",
-        "source": str(src),
-        "sha256": torch_import._sha256(src),
-        "source_tensors": len(state_dict),
-        **report.to_dict(),
-    }
-    (bundle / REPORT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    return bundle, report

@@ -348,6 +348,45 @@ def place_state_dict(
     return variables, report
 
 
+def export_network(
+    arch: str,
+    source: str | pathlib.Path,
+    output: str | pathlib.Path,
+    config: Any,
+    convert: Any,
+    *,
+    overwrite: bool = False,
+) -> tuple[pathlib.Path, Any]:
+    """Read ``source``, convert it with ``convert(state_dict) -> (variables, report)`` and
+    write a vosjax bundle of ``config`` to ``output`` (the shared tail of every ``convert_*``).
+
+    ``source`` is read with :func:`vosjax.models.torch_import.read_state_dict`
+    (``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``). The bundle also
+    holds :data:`REPORT_FILE`: the arch, the source file, its sha256 and the report
+    (every source tensor and the variable it went to).
+    """
+    from vosjax import checkpoint
+
+    src = pathlib.Path(source)
+    out = pathlib.Path(output)
+    if (out / "variables").exists() and not overwrite:
+        raise VosjaxError(
+            f"convert_{arch}: {out} already holds a bundle; pass overwrite=True (--overwrite)."
+        )
+    state_dict = torch_import.read_state_dict(src)
+    variables, report = convert(state_dict)
+    bundle = checkpoint.export_bundle(out, config, variables, overwrite=True)
+    meta = {
+        "arch": arch,
+        "source": str(src),
+        "sha256": torch_import._sha256(src),
+        "source_tensors": len(state_dict),
+        **report.to_dict(),
+    }
+    (bundle / REPORT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    return bundle, report
+
+
 def convert_stcn(
     source: str | pathlib.Path,
     output: str | pathlib.Path,
@@ -357,30 +396,11 @@ def convert_stcn(
     seed: int = 0,
     overwrite: bool = False,
 ) -> tuple[pathlib.Path, STCNConversionReport]:
-    """Read ``source`` (``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``),
-    convert it and write a vosjax bundle to ``output`` with :func:`authors_config`.
-
-    The bundle also holds ``conversion.json``: the source file, its sha256 and the
-    report (every source tensor and the variable it went to).
-    """
-    from vosjax import checkpoint
-
-    src = pathlib.Path(source)
-    out = pathlib.Path(output)
-    if (out / "variables").exists() and not overwrite:
-        raise VosjaxError(f"convert_stcn: {out} already holds a bundle; pass overwrite=True (--overwrite).")
+    """Convert the authors' STCN checkpoint ``source`` into a bundle at ``output`` with
+    :func:`authors_config` (:func:`export_network`)."""
     config = authors_config(memory_frames)
-    state_dict = torch_import.read_state_dict(src)
-    variables, report = convert_stcn_state_dict(
-        state_dict, config=config, allow_missing=allow_missing, seed=seed
+    return export_network(
+        "stcn", source, output, config,
+        lambda sd: convert_stcn_state_dict(sd, config=config, allow_missing=allow_missing, seed=seed),
+        overwrite=overwrite,
     )
-    bundle = checkpoint.export_bundle(out, config, variables, overwrite=True)
-    meta = {
-        "arch": "stcn",
-        "source": str(src),
-        "sha256": torch_import._sha256(src),
-        "source_tensors": len(state_dict),
-        **report.to_dict(),
-    }
-    (bundle / REPORT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    return bundle, report
