@@ -67,7 +67,7 @@ from jaxtyping import Array, Bool, Float
 
 from vosjax.errors import VosjaxError
 from vosjax.learners import lwl
-from vosjax.models import backbones, checks
+from vosjax.models import backbones, checks, joint_code
 from vosjax.models import frtm_common as chk
 from vosjax.models.backbone_segnet import BackboneSegnetModel, config_reader
 from vosjax.models.base import Feats, SegmentOptions, Variables
@@ -92,7 +92,10 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     learner_iters_init / learner_iters_update (inference, 20 / 3), train_learner_iters_init /
     train_learner_iters_update (training, 5 / 2), learner_reg_init (initial reg, 0.01; lambda =
     reg^2), induction_norm ("l2": the code's InstanceL2Norm; "relu": conv + ReLU variant),
-    memory_frames (N_max = 20; the engine's ``joint`` policy adds a template every T = 5 frames).
+    memory_frames (N_max = 20; the engine's ``joint`` policy adds a template every T = 5 frames);
+    the released code's forms (:mod:`vosjax.models.joint_code`): label_encoder ("paper" /
+    "code"; "code" takes 3 label_widths, (16, 32, 64)), decoder ("frtm" / "code"),
+    input_format ("rgb": ImageNet-normalised / "caffe_bgr255"), stride_in_1x1 (backbone).
     """
     if variant not in VARIANTS:
         raise VosjaxError(
@@ -118,6 +121,10 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     c.learner_reg_init = 0.01
     c.induction_norm = "l2"
     c.memory_frames = 20
+    c.label_encoder = "paper"
+    c.decoder = "frtm"
+    c.input_format = "rgb"
+    c.stride_in_1x1 = False
     if tiny:
         c.backbone = "resnet18"
         c.feature_dim = 16
@@ -152,6 +159,10 @@ class _Settings:
     learner_reg_init: float
     induction_norm: str
     memory_frames: int
+    label_encoder: str = "paper"
+    decoder: str = "frtm"
+    input_format: str = "rgb"
+    stride_in_1x1: bool = False
 
 
 def _settings(config: Any) -> _Settings:
@@ -161,10 +172,17 @@ def _settings(config: Any) -> _Settings:
     kernel = pos("learner_kernel")
     if kernel % 2 == 0:
         raise VosjaxError(f"{fn}: config 'learner_kernel' must be odd, got {kernel}.")
+    forms = {"label_encoder": ("paper", "code"), "decoder": ("frtm", "code"),
+             "input_format": ("rgb", "caffe_bgr255")}
+    for k, allowed in forms.items():
+        if str(get(k)) not in allowed:
+            raise VosjaxError(f"{fn}: config {k!r} must be one of {allowed}, got {get(k)!r}.")
     widths = tuple(int(v) for v in get("label_widths"))
-    if len(widths) != 4 or min(widths) < 1:
+    n_widths = 4 if str(get("label_encoder")) == "paper" else 3
+    if len(widths) != n_widths or min(widths) < 1:
         raise VosjaxError(
-            f"{fn}: config 'label_widths' must list 4 positive widths (one per stride-2 stage), got {widths}."
+            f"{fn}: config 'label_widths' must list {n_widths} positive widths for "
+            f"label_encoder={str(get('label_encoder'))!r}, got {widths}."
         )
     norm = str(get("induction_norm"))
     if norm not in ("l2", "relu"):
@@ -190,6 +208,10 @@ def _settings(config: Any) -> _Settings:
         learner_reg_init=float(get("learner_reg_init")),
         induction_norm=norm,
         memory_frames=pos("memory_frames"),
+        label_encoder=str(get("label_encoder")),
+        decoder=str(get("decoder")),
+        input_format=str(get("input_format")),
+        stride_in_1x1=bool(get("stride_in_1x1")),
     )
 
 
@@ -246,24 +268,40 @@ class _JointNet(nn.Module):
     def setup(self):
         s = self.s
         self.backbone = backbones.make_backbone(
-            s.backbone, stop_at="s32", frozen_bn=not s.train_bn, dtype=s.dtype
+            s.backbone,
+            stop_at="s32",
+            frozen_bn=not s.train_bn,
+            dtype=s.dtype,
+            stride_in_1x1=s.stride_in_1x1,
         )
         code = s.induction_norm == "l2"  # the code's final_conv has bias=False
         self.reduce_tra = _conv(s.feature_dim, 3, s.dtype, bias=not code)
         self.reduce_ind = _conv(s.feature_dim, 3, s.dtype, bias=not code)
         # joint_net.py: norm_scale = sqrt(1 / (out_feature_dim * filter_size^2))
         self.ind_scale = (1.0 / (s.feature_dim * s.learner_kernel**2)) ** 0.5
-        self.label_encoder = LabelEncoder(s.enc_dim, s.label_widths, s.dtype)
+        if s.label_encoder == "code":
+            self.label_encoder = joint_code.CodeLabelEncoder(s.enc_dim, s.label_widths, s.dtype)
+        else:
+            self.label_encoder = LabelEncoder(s.enc_dim, s.label_widths, s.dtype)
         self.encoder = TransformerEncoder(s.attn_dim, s.tau, s.dtype)
         self.decoder = TransformerDecoder(s.attn_dim, s.tau, s.dtype)
-        self.segnet = SegmentationNetwork(s.channels, s.dtype)
+        if s.decoder == "code":
+            self.segnet = joint_code.CodeDecoder(s.channels, s.dtype)
+        else:
+            self.segnet = SegmentationNetwork(s.channels, s.dtype)
         self.learner_reg = self.param(
             "learner_reg", nn.initializers.constant(s.learner_reg_init), (), jnp.float32
         )
 
     def encode(self, x: Float[Array, "N H W 3"], train: bool = False) -> dict[str, Array]:
+        if self.s.input_format == "caffe_bgr255":
+            x = joint_code.caffe_bgr255(x).astype(x.dtype)
         f = self.backbone(x, train=train)
-        out = {_PROJ[d]: p for d, p in self.segnet.project(f).items()}
+        if self.s.decoder == "code":
+            proj = self.segnet(f, None, None)
+        else:
+            proj = self.segnet.project(f)
+        out = {_PROJ[d]: p for d, p in proj.items()}
         if self.s.induction_norm == "l2":  # the authors' code
             out["key"] = self.reduce_tra(f["s16"])
             out["key_ind"] = instance_l2_norm(self.reduce_ind(f["s16"]), self.ind_scale)
@@ -282,6 +320,8 @@ class _JointNet(nn.Module):
         return self.decoder(x, z_enc, e_tra, valid)
 
     def decode(self, proj: dict[str, Array], enc: Array, out_hw: tuple[int, int]) -> Array:
+        if self.s.decoder == "code":
+            return self.segnet(None, enc, out_hw, proj)
         return self.segnet.decode(proj, enc, out_hw)
 
     def reg(self) -> Array:
