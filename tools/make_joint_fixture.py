@@ -37,7 +37,10 @@ the third frame on, so frame 1 is what it outputs for the second frame.
 Written (float32, compressed): ``spec.json``; ``features.npz`` (frame 0: backbone layer1..4
 (channels subsampled), both branches' reduced features, label encodings and weights, the
 fitted filter, the transformer encoder output; frame 1: the transferred encoding, the target
-model's encoding, the decoder logits, the probabilities) and ``clip.json``.
+model's encoding, the decoder logits, the sigmoid probabilities and the probabilities after
+their tracker's ``merge_results``, the soft aggregation with the background that their DAVIS
+runs apply also to a single object), ``frames.npz`` (the two crops and the mask, uint8) and
+``clip.json``.
 """
 
 from __future__ import annotations
@@ -162,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     rec["f1_e_ind_star"] = enc_pred[0, 0].numpy()
     rec["f1_logits"] = logits[0, 0].numpy()
     rec["f1_probs"] = torch.sigmoid(logits)[0, 0].numpy()
+    # their multi-object merge (soft aggregation with the background), which their DAVIS
+    # evaluation applies also to a single object; it reads nothing of the tracker's state
+    from pytracking.tracker.joint.joint import JOINT
+
+    merged = JOINT.merge_results(None, {"1": {"segmentation_raw": rec["f1_logits"]}})
+    rec["f1_merged_probs"] = merged["segmentation_raw"]["1"]
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -201,3 +201,40 @@ def test_conversion_refuses_unplaceable_and_missing_tensors():
         tij.convert_joint_state_dict(missing)
     variables, report = tij.convert_joint_state_dict(missing, allow_missing=True)
     assert report.unmatched == [name]
+
+
+@pytest.mark.slow  # compiles the engine's step for the full ResNet-50 network (~20 s on 2 CPU cores)
+def test_segmenter_matches_the_authors_merged_output(bundle):
+    """The bundle through :class:`vosjax.inference.VideoSegmenter` (frame 0 with its mask, then
+    frame 1): the object's aggregated probability equals their tracker's ``merge_results`` of
+    frame 1's scores (their DAVIS output), the background its complement."""
+    from vosjax.inference import VideoSegmenter
+
+    clip = np.load(FIXTURE / "frames.npz")
+    ref = np.load(FIXTURE / "features.npz")["f1_merged_probs"]
+    seg = VideoSegmenter(str(bundle), {"return_probs": True})
+    preds = seg.step(clip["rgb"][0], clip["mask"])
+    preds += seg.step(clip["rgb"][1], None)
+    preds += seg.flush()
+    assert [p.index for p in preds] == [0, 1]
+    probs = preds[1].probs  # [background, object]
+    err = max(np.abs(probs[1] - ref).max(), np.abs(probs[0] - (1.0 - ref)).max())
+    assert err <= PROB_ATOL, f"max |dP| = {err:.2e}"
+    np.testing.assert_array_equal(preds[1].labels, (ref > 0.5).astype(preds[1].labels.dtype))
+
+
+def test_code_switches_are_validated():
+    from vosjax.errors import VosjaxError
+    from vosjax.models import joint
+
+    for key, bad in (("label_encoder", "mlp"), ("decoder", "unet"), ("input_format", "bgr")):
+        c = tij.authors_config().model
+        c[key] = bad
+        with pytest.raises(VosjaxError, match=key):
+            joint.JOINT(c)
+    c = tij.authors_config().model
+    c.label_widths = (16, 32, 64, 64)  # the paper form's four widths
+    with pytest.raises(VosjaxError, match="3 positive widths"):
+        joint.JOINT(c)
+    with pytest.raises(VosjaxError, match="dataset"):
+        tij.authors_config("mose")
