@@ -201,6 +201,7 @@ def test_conversion_refuses_unplaceable_and_missing_tensors():
         tij.convert_joint_state_dict(missing)
     variables, report = tij.convert_joint_state_dict(missing, allow_missing=True)
     assert report.unmatched == [name]
+    assert not np.any(variables["params"]["segnet"]["project_conv2"]["bias"])
 
 
 @pytest.mark.slow  # compiles the engine's step for the full ResNet-50 network (~20 s on 2 CPU cores)

@@ -48,9 +48,9 @@ from vosjax.models.frtm_decoder import DEPTHS, resize_to
 
 __all__ = [
     "CAFFE_MEAN_BGR",
+    "LABEL_ENCODER_NAMES",
     "CodeDecoder",
     "CodeLabelEncoder",
-    "LABEL_ENCODER_NAMES",
     "bicubic_matrix",
     "caffe_bgr255",
     "decoder_names",
