@@ -31,15 +31,20 @@ bike) and subsampled by 2 to 128 x 224 (stride-16 grid 8 x 14); the first frame'
 target-model features, the label encoder, ``get_filter`` with 20 iterations
 (``net_opt_iter``). Frame 1: the transformer (encoder over frame 0's features, decoder
 with frame 0's transduction encodings), the target model, the decoder
-(``segment_target``), the sigmoid probability. Their tracker updates its memory only from
-the third frame on, so frame 1 is what it outputs for the second frame.
+(``segment_target``), the sigmoid probability. Frame 2: their ``update_target_model`` at
+the third frame (DAVIS ``train_sample_interval = 3``): frame 1 joins the memory with its
+merged probability as the mask, the label encoder re-encodes both masks, the filter takes
+3 steps (``net_opt_update_iter``) from frame 0's with the residuals scaled by their
+``update_sample_weights`` (called here), the transformer reads both templates, then
+``segment_target``.
 
 Written (float32, compressed): ``spec.json``; ``features.npz`` (frame 0: backbone layer1..4
 (channels subsampled), both branches' reduced features, label encodings and weights, the
 fitted filter, the transformer encoder output; frame 1: the transferred encoding, the target
 model's encoding, the decoder logits, the sigmoid probabilities and the probabilities after
 their tracker's ``merge_results``, the soft aggregation with the background that their DAVIS
-runs apply also to a single object), ``frames.npz`` (the two crops and the mask, uint8) and
+runs apply also to a single object; frame 2: the temporal weights, the updated filter, both
+encodings and the logits), ``frames.npz`` (the three crops and the first mask, uint8) and
 ``clip.json``.
 """
 
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "tests" / "fixtures" / "joint")
     p.add_argument("--data", type=pathlib.Path, default=ROOT.parent / "shared" / "data" / "davis_demo")
     p.add_argument("--sequence", default="bike")
-    p.add_argument("--frames", default="0,1")
+    p.add_argument("--frames", default="0,1,2")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"make_joint_fixture: {joint_dir} has no ltr/models/joint/joint_net.py.")
     _install_stubs(torch, joint_dir)
     from ltr.models.joint import joint_net
+    from pytracking import TensorList
 
     torch.set_grad_enabled(False)
     net = joint_net.steepest_descent_resnet50(
@@ -171,6 +177,33 @@ def main(argv: list[str] | None = None) -> int:
 
     merged = JOINT.merge_results(None, {"1": {"segmentation_raw": rec["f1_logits"]}})
     rec["f1_merged_probs"] = merged["segmentation_raw"]["1"]
+
+    # frame 2 (JOINT.update_target_model at frame_num 3 = train_sample_interval: frame 1 and its
+    # merged probability join the memory, the filter takes net_opt_update_iter = 3 steps with
+    # the temporal sample weights of their update_sample_weights, then segment_target)
+    params = types.SimpleNamespace(learning_rate=0.1)
+    params.get = {"init_samples_minimum_weight": 0.25}.get
+    sample_w = torch.zeros(20)
+    sample_w[0] = 1.0
+    JOINT.update_sample_weights(types.SimpleNamespace(params=params), [sample_w], [None], [1], [1], 0.1)
+    samples_bb = torch.cat([x_bb, test_bb])
+    masks = torch.stack([mask[0], torch.from_numpy(rec["f1_merged_probs"])[None]])  # [2, 1, H, W]
+    samples = net.target_model.extract_target_model_features(samples_bb)
+    label_tm2, label_tr2, sw2 = net.label_encoder(masks, samples.unsqueeze(1))
+    weights2 = sw2 * sample_w[:2].view(-1, 1, 1, 1, 1)
+    filt2, _, _ = net.target_model.filter_optimizer(
+        TensorList([filt]), num_iter=3, feat=samples.unsqueeze(1), label=label_tm2, sample_weight=weights2)
+    filt2 = filt2[0]
+    bb2 = net.extract_backbone_features(ims[2:3], layers)
+    test_bb2 = net.get_backbone_target_model_features(bb2)
+    transferred2 = net.transformer(test_bb2.unsqueeze(1), samples_bb.unsqueeze(1), train_mask_enc=label_tr2)
+    logits2, enc_pred2 = net.segment_target(
+        filt2, net.target_model.extract_target_model_features(test_bb2), bb2, transferred2)
+    rec["sample_weights_f2"] = sample_w[:2].numpy()
+    rec["filter_f2"] = filt2[0].numpy()
+    rec["f2_e_tra_star"] = transferred2[0, 0].numpy()
+    rec["f2_e_ind_star"] = enc_pred2[0, 0].numpy()
+    rec["f2_logits"] = logits2[0, 0].numpy()
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 ``tests/fixtures/joint/`` was written by ``tools/make_joint_fixture.py`` from the authors'
 own code (``ltr/models/joint/joint_net.py`` with their stage-2 arguments, run as their
-tracker ``pytracking/tracker/joint/joint.py`` calls it) on seeded random weights and two
+tracker ``pytracking/tracker/joint/joint.py`` calls it) on seeded random weights and three
 real DAVIS frames (``bike``, cropped to 256 x 448 and subsampled to 128 x 224, stored in
 ``frames.npz``). Here the same weights are re-created from ``spec.json`` with NumPy
 (:func:`vosjax.models.torch_import_joint.seeded_state_dict`), written as ``.safetensors``
@@ -10,8 +10,11 @@ real DAVIS frames (``bike``, cropped to 256 x 448 and subsampled to 128 x 224, s
 ``tools/convert_torch_weights.py --arch joint``, and run through the model interface:
 every stored feature within ``max |ours - theirs| / max |theirs| <= 1e-4`` (backbone layers,
 both branches' reduced features, label encodings and weights, the filter after 20 learner
-steps, the transformer encoder output, frame 1's two mask encodings and logits) and frame
-1's probabilities within 1e-3.
+steps, the transformer encoder output, frame 1's two mask encodings and logits; after frame 1
+joined the templates with their merged probability: the filter refitted by 3 steps with their
+temporal weights, frame 2's logits; its two encodings are in the fixture too) and the
+probabilities of frames 1 and 2
+within 1e-3; under ``-m slow`` the engine's aggregated output of frame 1.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def run(bundle):
 
     model, variables, _ = load_bundle(bundle)
     clip = np.load(FIXTURE / "frames.npz")
-    x = normalize_frames(jnp.asarray(clip["rgb"][None]))  # [1, 2, H, W, 3]
+    x = normalize_frames(jnp.asarray(clip["rgb"][None]))  # [1, 3, H, W, 3]
     masks = jnp.asarray(clip["mask"], jnp.float32)[None, None, None]  # [1, 1, 1, H, W]
     valid = jnp.ones((1, 1), bool)
     out = {}
@@ -108,7 +111,8 @@ def run(bundle):
         out[f"f0_{layer}"] = _chw(bb[d][0])[ch]
     feats = model.encode_key(variables, x)
     f0 = {k: v[:, :1] for k, v in feats.items()}
-    f1 = {k: v[:, 1:] for k, v in feats.items()}
+    f1 = {k: v[:, 1:2] for k, v in feats.items()}
+    f2 = {k: v[:, 2:3] for k, v in feats.items()}
     out["f0_key"] = _chw(feats["key"][0, 0])
     out["f0_key_ind"] = _chw(feats["key_ind"][0, 0])
     enc = model.encode_value(variables, x[:, :1], masks, valid, f0)
@@ -124,6 +128,12 @@ def run(bundle):
     out["f1_e_ind_star"] = _chw(e_ind_star[0, 0, 0])
     logits = model.segment(variables, memory, f1, valid)
     out["f1_logits"] = np.asarray(logits[0, 0, 0])
+    # frame 2: frame 1 joins the templates with their merged probability, the learner refits
+    # (3 steps, temporal weights), the transformer reads both templates
+    merged = jnp.asarray(np.load(FIXTURE / "features.npz")["f1_merged_probs"])[None, None, None]
+    memory = model.memorize(variables, memory, x[:, 1:2], merged, valid, f1, jnp.ones((1,), bool))
+    out["filter_f2"] = np.asarray(memory.filters[0, 0]).transpose(3, 2, 0, 1)
+    out["f2_logits"] = np.asarray(model.segment(variables, memory, f2, valid)[0, 0, 0])
     return out
 
 
@@ -152,6 +162,7 @@ FEATURES = (
     "f0_layer1", "f0_layer2", "f0_layer3", "f0_layer4", "f0_key", "f0_key_ind",
     "f0_e_tra", "f0_e_ind", "f0_weights", "filter", "encoded",
     "f1_e_tra_star", "f1_e_ind_star", "f1_logits",
+    "filter_f2", "f2_logits",
 )
 
 
@@ -167,6 +178,9 @@ def test_probabilities_match_the_authors(run):
     probs = 1.0 / (1.0 + np.exp(-run["f1_logits"].astype(np.float64)))
     err = np.abs(probs - ref).max()
     assert err <= PROB_ATOL, f"max |dP| = {err:.2e}"
+    ref2 = 1.0 / (1.0 + np.exp(-np.load(FIXTURE / "features.npz")["f2_logits"].astype(np.float64)))
+    err2 = np.abs(1.0 / (1.0 + np.exp(-run["f2_logits"].astype(np.float64))) - ref2).max()
+    assert err2 <= PROB_ATOL, f"frame 2: max |dP| = {err2:.2e}"
     # the comparison is not vacuous: the probabilities vary over the frame
     assert ref.max() - ref.min() > 0.05
 
@@ -214,7 +228,8 @@ def test_segmenter_matches_the_authors_merged_output(bundle):
     clip = np.load(FIXTURE / "frames.npz")
     ref = np.load(FIXTURE / "features.npz")["f1_merged_probs"]
     seg = VideoSegmenter(str(bundle), {"return_probs": True})
-    preds = seg.step(clip["rgb"][0], clip["mask"])
+    preds = seg.step(clip["rgb"][0], clip["mask"])  # frame 2 is not compared: their template
+    # of frame 1 joins before frame 2, the engine's templates are frames 0, 3, 6, ...
     preds += seg.step(clip["rgb"][1], None)
     preds += seg.flush()
     assert [p.index for p in preds] == [0, 1]
@@ -228,7 +243,8 @@ def test_code_switches_are_validated():
     from vosjax.errors import VosjaxError
     from vosjax.models import joint
 
-    for key, bad in (("label_encoder", "mlp"), ("decoder", "unet"), ("input_format", "bgr")):
+    for key, bad in (("label_encoder", "mlp"), ("decoder", "unet"), ("input_format", "bgr"),
+                     ("learner_sample_weights", "linear")):
         c = tij.authors_config().model
         c[key] = bad
         with pytest.raises(VosjaxError, match=key):
@@ -239,3 +255,18 @@ def test_code_switches_are_validated():
         joint.JOINT(c)
     with pytest.raises(VosjaxError, match="dataset"):
         tij.authors_config("mose")
+
+
+def test_code_sample_weights_follow_their_tracker():
+    from vosjax.models import joint_code
+
+    ref = np.load(FIXTURE / "features.npz")["sample_weights_f2"]  # their update_sample_weights
+    table = joint_code.code_sample_weights(20)
+    np.testing.assert_allclose(table[2, :2], ref, rtol=1e-6)
+    assert table[1, 0] == 1.0 and not np.any(table[1, 1:]) and not np.any(table[0])
+    # counts past the table: the stationary pattern rotated along the keep-first ring
+    long = joint_code.code_sample_weights(20, rows=200)
+    counts = np.arange(60, 200)
+    got = np.asarray(joint_code.code_weights_for(jnp.asarray(counts), 20))
+    np.testing.assert_allclose(got, long[counts], rtol=1e-6, atol=1e-8)
+    assert np.all(got[:, 0] == np.float32(joint_code.SAMPLE_INIT_MIN))

@@ -407,7 +407,10 @@ class JOINT(BackboneSegnetModel):
         z_ind = bank.keys[..., c:].reshape(b, sm, hh, ww, c).astype(jnp.float32)
         v = bank.values.reshape(b, sm, hh, ww, o, 3, d).astype(jnp.float32)
         v = jnp.moveaxis(v, 4, 1)  # [B, O, S, h, w, 3, D]
-        slot = bank.valid[:, None, :, None, None, None].astype(jnp.float32)
+        slot = bank.valid.astype(jnp.float32)
+        if s.learner_sample_weights == "code":  # their tracker's temporal template weights
+            slot = slot * joint_code.code_weights_for(bank.count, sm)
+        slot = slot[:, None, :, None, None, None]
         e_ind, wts = v[..., 1, :], v[..., 2, :] * slot
 
         iters_init = s.train_learner_iters_init if train else s.learner_iters_init

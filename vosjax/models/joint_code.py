@@ -24,6 +24,8 @@ Selected by the JOINT config switches ``label_encoder = "code"``, ``decoder = "c
   (PyTorch bicubic, ``align_corners=False``, a = -0.75, clamped borders: :func:`bicubic_matrix`).
   Its batch norms always use their running statistics (the released networks' state;
   they are not trained by vosjax).
+- :func:`code_sample_weights`: the temporal weights of the learner's templates
+  (``learner_sample_weights = "code"``; their tracker's ``update_sample_weights``).
 - :func:`caffe_bgr255`: the Mask R-CNN backbone's input (``image_format='bgr255'``, mean
   (102.9801, 115.9465, 122.7717), std 1) computed from vosjax's ImageNet-normalised RGB.
 
@@ -53,6 +55,8 @@ __all__ = [
     "CodeLabelEncoder",
     "bicubic_matrix",
     "caffe_bgr255",
+    "code_sample_weights",
+    "code_weights_for",
     "decoder_names",
 ]
 
@@ -69,6 +73,72 @@ def caffe_bgr255(x: Float[Array, "N H W 3"]) -> Float[Array, "N H W 3"]:
     std = jnp.asarray(IMAGENET_STD, jnp.float32)
     rgb = x.astype(jnp.float32) * std + mean
     return rgb[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+
+
+#: Their tracker's ``learning_rate`` and ``init_samples_minimum_weight`` (both parameter files).
+SAMPLE_LR = 0.1
+SAMPLE_INIT_MIN = 0.25
+
+
+@functools.lru_cache(maxsize=8)
+def code_sample_weights(slots: int, rows: int | None = None) -> np.ndarray:
+    """Temporal weights ``[rows + 1, slots]`` of the templates, per slot, after ``count``
+    inserts into a keep-first bank of ``slots`` slots (row ``count``; row 0 all zero).
+
+    Their tracker (``pytracking/tracker/joint/joint.py`` ``update_sample_weights``, one
+    initial sample, learning rate ``SAMPLE_LR``, first sample kept at weight >=
+    ``SAMPLE_INIT_MIN``) scales each template's learner residual by its weight; a new
+    sample goes to the next free slot, then replaces the lowest weight after the first,
+    which is the oldest (the keep-first ring of :func:`vosjax.ops.memory.bank_next_slot`;
+    checked here while the table is built). Counts beyond ``rows`` (default ``4 * slots``)
+    use the last row rotated to the ring position (the weights are stationary there to
+    ~1e-9 relative)."""
+    rows = 4 * slots if rows is None else rows
+    lr, mw = SAMPLE_LR, SAMPLE_INIT_MIN
+    out = np.zeros((rows + 1, slots), np.float64)
+    sw = np.zeros(slots, np.float64)
+    sw[0] = 1.0
+    out[1] = sw
+    prev = None
+    for count in range(2, rows + 1):
+        n = count - 1  # stored before this insert
+        r = n if n < slots else int(np.argmin(sw[1:])) + 1
+        ring = 0 if slots == 1 else 1 + (count - 2) % (slots - 1)
+        if slots > 1 and r != ring:
+            raise AssertionError(f"code_sample_weights: slot {r} replaced, the ring's is {ring}")
+        if slots == 1:  # only the first frame is kept (bank_next_slot drops later inserts)
+            out[count] = sw
+            continue
+        if prev is None:
+            sw /= 1 - lr
+            sw[r] = lr
+        else:
+            sw[r] = sw[prev] / (1 - lr)
+        sw /= sw.sum()
+        if sw[0] < mw:
+            sw /= mw + sw[1:].sum()
+            sw[0] = mw
+        prev = r
+        out[count] = sw
+    out = out.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def code_weights_for(count, slots: int):
+    """The rows of :func:`code_sample_weights` for ``count`` ``int32[B]`` -> ``f32[B, slots]``."""
+    table = code_sample_weights(slots)
+    rows = table.shape[0] - 1
+    c = jnp.asarray(count, jnp.int32)
+    direct = jnp.asarray(table)[jnp.minimum(c, rows)]
+    if slots <= 1:
+        return direct
+    # beyond the table: the stationary pattern of row `rows`, rotated so that the ages match
+    shift = jnp.mod(c - rows, slots - 1)
+    rest = jnp.asarray(table[rows, 1:])
+    idx = jnp.mod(jnp.arange(slots - 1)[None, :] - shift[:, None], slots - 1)
+    late = jnp.concatenate([jnp.full((c.shape[0], 1), table[rows, 0]), rest[idx]], axis=1)
+    return jnp.where((c > rows)[:, None], late, direct)
 
 
 def _conv(features: int, kernel: int, dtype: Any, name: str, stride: int = 1, bias: bool = True):

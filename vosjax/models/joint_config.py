@@ -31,7 +31,9 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     memory_frames (N_max = 20; the engine's ``joint`` policy adds a template every T = 5 frames);
     the released code's forms (:mod:`vosjax.models.joint_code`): label_encoder ("paper" /
     "code"; "code" takes 3 label_widths, (16, 32, 64)), decoder ("frtm" / "code"),
-    input_format ("rgb": ImageNet-normalised / "caffe_bgr255"), stride_in_1x1 (backbone).
+    input_format ("rgb": ImageNet-normalised / "caffe_bgr255"), stride_in_1x1 (backbone),
+    learner_sample_weights ("uniform": every template 1 / "code": the tracker's temporal
+    weights, :func:`vosjax.models.joint_code.code_sample_weights`).
     """
     if variant not in VARIANTS:
         raise VosjaxError(
@@ -61,6 +63,7 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     c.decoder = "frtm"
     c.input_format = "rgb"
     c.stride_in_1x1 = False
+    c.learner_sample_weights = "uniform"
     if tiny:
         c.backbone = "resnet18"
         c.feature_dim = 16
@@ -99,6 +102,7 @@ class _Settings:
     decoder: str = "frtm"
     input_format: str = "rgb"
     stride_in_1x1: bool = False
+    learner_sample_weights: str = "uniform"
 
 
 def _settings(config: Any) -> _Settings:
@@ -109,7 +113,8 @@ def _settings(config: Any) -> _Settings:
     if kernel % 2 == 0:
         raise VosjaxError(f"{fn}: config 'learner_kernel' must be odd, got {kernel}.")
     forms = {"label_encoder": ("paper", "code"), "decoder": ("frtm", "code"),
-             "input_format": ("rgb", "caffe_bgr255")}
+             "input_format": ("rgb", "caffe_bgr255"),
+             "learner_sample_weights": ("uniform", "code")}
     for k, allowed in forms.items():
         if str(get(k)) not in allowed:
             raise VosjaxError(f"{fn}: config {k!r} must be one of {allowed}, got {get(k)!r}.")
@@ -148,4 +153,5 @@ def _settings(config: Any) -> _Settings:
         decoder=str(get("decoder")),
         input_format=str(get("input_format")),
         stride_in_1x1=bool(get("stride_in_1x1")),
+        learner_sample_weights=str(get("learner_sample_weights")),
     )

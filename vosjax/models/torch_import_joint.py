@@ -34,13 +34,20 @@ code of the file runs); only the tensors under ``"net"`` are kept. ``.safetensor
 read without torch. ``num_batches_tracked`` and the three unused ``WV`` value maps of the
 transformer (built, never called in the authors' forward) are listed as ignored.
 
+The learner's temporal template weights (``learner_sample_weights = "code"``: learning rate
+0.1, first frame kept at weight >= 0.25, the oldest after the first replaced when 20 are
+stored) follow their tracker (:func:`vosjax.models.joint_code.code_sample_weights`); vosjax
+keeps one template bank for all objects, so they are exact for objects present from the
+first frame (their tracker keeps one memory per object).
+
 Known differences from the authors' tracker (the network matches, the driver does not):
-their template memory stores a frame every ``train_sample_interval`` (DAVIS 3, YouTube-VOS 5)
-frames with temporal weights (learning rate 0.1, first frame kept at weight >= 0.25, lowest
-weight replaced when 20 are stored) that scale the learner's residuals, where vosjax's
-learner weighs every stored template 1 and its bank keeps the first frames; their search
-region is a crop around the target (5x its size, resized to 832 x 480). Outputs therefore
-agree up to the first template update.
+their tracker stores frame ``t - 1`` (with the merged mask) before segmenting frame ``t``
+when ``t + 1`` is a multiple of ``train_sample_interval`` (DAVIS 3, YouTube-VOS 5; frames
+1, 4, 7, ... for DAVIS), vosjax's engine stores frame ``t`` after segmenting it when ``t``
+is (frames 3, 6, ...), so the templates are one frame apart; their search region is a
+crop around each target (5x its size, resized to 832 x 480), vosjax segments the whole
+frame. Outputs therefore agree exactly up to the first template update and the network
+agrees at every step when given the same templates (``tests/models/test_joint_authors.py``).
 """
 
 from __future__ import annotations
@@ -113,6 +120,7 @@ def authors_config(dataset: str = "davis") -> ml_collections.ConfigDict:
     model.decoder = "code"
     model.input_format = "caffe_bgr255"
     model.stride_in_1x1 = True
+    model.learner_sample_weights = "code"
     c = ml_collections.ConfigDict()
     c.model = model
     # pytracking/parameter/joint/joint_{davis,ytvos}.py: train_sample_interval 3 / 5,
@@ -131,8 +139,9 @@ def authors_config(dataset: str = "davis") -> ml_collections.ConfigDict:
             "method": "JOINT (Mao et al., ICCV 2021)",
             "code": "github.com/maoyunyao/JOINT",
             "dataset": dataset,
-            "not_reproduced": "search-region crop (search_area_scale 5, 832 x 480 samples), "
-            "temporal sample weights of the learner (learning_rate 0.1, init weight >= 0.25)",
+            "not_reproduced": "search-region crop (search_area_scale 5, 832 x 480 samples); "
+            "their template of frame t - 1 is stored before frame t when t % mem_every == 0, "
+            "vosjax's of frame t after it",
         }
     )
     return c
