@@ -185,13 +185,15 @@ def test_probabilities_match_the_authors(run):
     assert ref.max() - ref.min() > 0.05
 
 
-def test_ltr_checkpoint_with_pickled_objects_reads_only_tensors(tmp_path):
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
+def test_ltr_checkpoint_with_pickled_objects_reads_only_tensors(tmp_path, zipfile):
     torch = pytest.importorskip("torch")
     weights = _seeded()
 
     src = tmp_path / "joint_davis.pth.tar"
     torch.save({"epoch": 80, "net": {k: torch.from_numpy(v) for k, v in weights.items()},
-                "constructor": NetConstructor(tmp_path / "ran"), "net_type": "JOINTNet"}, src)
+                "constructor": NetConstructor(tmp_path / "ran"), "net_type": "JOINTNet"}, src,
+               _use_new_zipfile_serialization=zipfile)
     sd = tij.read_joint_checkpoint(src)
     assert set(sd) == set(weights)
     assert not (tmp_path / "ran").exists()  # the pickled call was not made

@@ -274,10 +274,12 @@ def _restricted_pickle_module() -> Any:
         def find_class(self, module: str, name: str) -> Any:
             return allowed.get((module, name), _Inert)
 
+    def load(file: Any, **kwargs: Any) -> Any:  # the legacy format's header records, too
+        return Unpickler(file, **kwargs).load()
+
     mod = type(pickle)("vosjax_restricted_pickle")
     mod.Unpickler = Unpickler
-    mod.load = pickle.load
-    mod.__name__ = "vosjax_restricted_pickle"
+    mod.load = load
     return mod
 
 
