@@ -27,10 +27,12 @@ Checkpoint. An ltr checkpoint is ``torch.save`` of a dict whose ``"net"`` is the
 ``"net_info"``, ``"settings"``, ``"stats"`` and ``"optimizer"`` may sit beside it.
 :func:`read_joint_checkpoint` first tries ``torch.load(weights_only=True)``; if torch refuses
 it (a pickled Python object such as the constructor), it reads the file again with an
-unpickler that resolves only PyTorch's tensor / storage rebuild functions and
-``collections.OrderedDict`` and turns every other class or function reference into an inert
-placeholder that is never called with its arguments' effects (no module is imported, no
-code of the file runs); only the tensors under ``"net"`` are kept. ``.safetensors`` files are
+unpickler that resolves only PyTorch's tensor / storage rebuild functions, ``torch.Size``
+and ``collections.OrderedDict``, and resolves every other class or function the file names
+to an inert placeholder class whose construction ignores its arguments: no module is
+imported and no code named by the file runs (``tests/models/test_joint_authors.py`` checks
+this with a pickled ``os.system`` call, zip and legacy formats). Only the tensors under
+``"net"`` are kept. ``.safetensors`` files are
 read without torch. ``num_batches_tracked`` and the three unused ``WV`` value maps of the
 transformer (built, never called in the authors' forward) are listed as ignored.
 
@@ -263,6 +265,7 @@ def _restricted_pickle_module() -> Any:
 
     allowed = {
         ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
         ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
         ("torch", "Size"): torch.Size,
