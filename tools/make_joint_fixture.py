@@ -44,7 +44,7 @@ fitted filter, the transformer encoder output; frame 1: the transferred encoding
 model's encoding, the decoder logits, the sigmoid probabilities and the probabilities after
 their tracker's ``merge_results``, the soft aggregation with the background that their DAVIS
 runs apply also to a single object; frame 2: the temporal weights, the updated filter, both
-encodings and the logits), ``frames.npz`` (the three crops and the first mask, uint8) and
+encodings, the logits and the merged probabilities), ``frames.npz`` (the three crops and the first mask, uint8) and
 ``clip.json``.
 """
 
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     rec["f2_e_tra_star"] = transferred2[0, 0].numpy()
     rec["f2_e_ind_star"] = enc_pred2[0, 0].numpy()
     rec["f2_logits"] = logits2[0, 0].numpy()
+    merged2 = JOINT.merge_results(None, {"1": {"segmentation_raw": rec["f2_logits"]}})
+    rec["f2_merged_probs"] = merged2["segmentation_raw"]["1"]
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

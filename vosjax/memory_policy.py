@@ -53,6 +53,8 @@ class MemoryPolicy:
       name: the policy's name (a key of :data:`POLICIES`).
       write_every: write a frame when this many frames passed since the last
         written one (frames with given masks are always written).
+      first_write: after a frame with given masks, the first periodic write comes this
+        many frames later (None = ``write_every``), then every ``write_every``.
       refit_every: refit learners when this many frames passed since the last
         refit; 0 = never periodically.
       refit_on_write: also refit whenever a frame is written (JOINT).
@@ -68,6 +70,7 @@ class MemoryPolicy:
     refit_on_write: bool = False
     capacity: int | None = None
     keep_first: bool = True
+    first_write: int | None = None
 
     def __post_init__(self) -> None:
         def bad(field: str, want: str) -> VosjaxError:
@@ -78,6 +81,8 @@ class MemoryPolicy:
 
         if not _is_int(self.write_every) or self.write_every < 1:
             raise bad("write_every", "a positive int")
+        if self.first_write is not None and (not _is_int(self.first_write) or self.first_write < 1):
+            raise bad("first_write", "None or a positive int")
         if not _is_int(self.refit_every) or self.refit_every < 0:
             raise bad("refit_every", "an int >= 0")
         if self.capacity is not None and (not _is_int(self.capacity) or self.capacity < 1):
@@ -94,6 +99,7 @@ class MemoryPolicy:
         refit_every: int | None = None,
         memory_frames: int | None = None,
         update_interval: int | None = None,
+        first_write: int | None = None,
     ) -> MemoryPolicy:
         """This policy adjusted by inference options (None = keep the policy's value).
 
@@ -109,8 +115,13 @@ class MemoryPolicy:
             if self.refit_every > 0 and _is_int(update_interval) and update_interval > 0:
                 refit_every = update_interval
         capacity = self.capacity if memory_frames is None else memory_frames
+        first = self.first_write if first_write is None else first_write
         return dataclasses.replace(
-            self, write_every=write_every, refit_every=refit_every, capacity=capacity
+            self,
+            write_every=write_every,
+            refit_every=refit_every,
+            capacity=capacity,
+            first_write=first,
         )
 
 

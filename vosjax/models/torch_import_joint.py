@@ -42,14 +42,16 @@ stored) follow their tracker (:func:`vosjax.models.joint_code.code_sample_weight
 keeps one template bank for all objects, so they are exact for objects present from the
 first frame (their tracker keeps one memory per object).
 
-Known differences from the authors' tracker (the network matches, the driver does not):
-their tracker stores frame ``t - 1`` (with the merged mask) before segmenting frame ``t``
-when ``t + 1`` is a multiple of ``train_sample_interval`` (DAVIS 3, YouTube-VOS 5; frames
-1, 4, 7, ... for DAVIS), vosjax's engine stores frame ``t`` after segmenting it when ``t``
-is (frames 3, 6, ...), so the templates are one frame apart; their search region is a
-crop around each target (5x its size, resized to 832 x 480), vosjax segments the whole
-frame. Outputs therefore agree exactly up to the first template update and the network
-agrees at every step when given the same templates (``tests/models/test_joint_authors.py``).
+Their tracker stores frame ``t - 1`` (with the merged mask) before segmenting frame ``t``
+when ``t + 1`` is a multiple of ``train_sample_interval`` (DAVIS 3, YouTube-VOS 5), i.e.
+frames 1, 4, 7, ... (DAVIS) / 3, 8, 13, ... (YouTube-VOS), and refits; vosjax's engine
+stores a frame right after segmenting it, which is the same, with ``mem_every`` and
+``first_write`` (1 / 3) in the bundle's inference section.
+
+Known difference from the authors' tracker (the network and the schedule match): their
+search region is a crop around each target (5x its size, resized to 832 x 480;
+``pytracking/parameter/joint/joint_*.py``), vosjax segments the whole frame. The tests
+(``tests/models/test_joint_authors.py``) compare on frames the size of their crops.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ def authors_config(dataset: str = "davis") -> ml_collections.ConfigDict:
         {
             "memory_policy": "joint",
             "mem_every": 3 if dataset == "davis" else 5,
+            # frame t - 1 joins before frame t when (t + 1) % mem_every == 0: t - 1 = 1, 4, 7 ...
+            "first_write": 1 if dataset == "davis" else 3,
             "memory_frames": 20,
             "top_k": None,
         }
@@ -141,9 +145,8 @@ def authors_config(dataset: str = "davis") -> ml_collections.ConfigDict:
             "method": "JOINT (Mao et al., ICCV 2021)",
             "code": "github.com/maoyunyao/JOINT",
             "dataset": dataset,
-            "not_reproduced": "search-region crop (search_area_scale 5, 832 x 480 samples); "
-            "their template of frame t - 1 is stored before frame t when t % mem_every == 0, "
-            "vosjax's of frame t after it",
+            "not_reproduced": "search-region crop per target (search_area_scale 5, "
+            "832 x 480 samples); vosjax segments the whole frame",
         }
     )
     return c
