@@ -2,7 +2,8 @@
 where they differ from the paper reading of :mod:`vosjax.models.joint`.
 
 Selected by the JOINT config switches ``label_encoder = "code"``, ``decoder = "code"``,
-``input_format = "caffe_bgr255"`` and ``stride_in_1x1 = True`` (all four are set by
+``input_format = "caffe_bgr255"``, ``stride_in_1x1 = True`` and
+``learner_sample_weights = "code"`` (all set by
 :func:`vosjax.models.torch_import_joint.authors_config`; the defaults keep the paper reading):
 
 - :class:`CodeLabelEncoder`: the code's ``ResidualDS16SW`` (``ltr/models/joint/label_encoder.py``,
@@ -14,7 +15,8 @@ Selected by the JOINT config switches ``label_encoder = "code"``, ``decoder = "c
 - :class:`CodeDecoder`: LWL's ``SegDecoder`` (``ltr/models/joint/decoder.py``, ``mdim = 64``,
   ``use_bn = True``), which differs from FRTM's S in :mod:`vosjax.models.frtm_decoder`: per
   depth (layer4 .. layer1, widths 4, 2, 2, 1 x 64) ``TSE`` reduces the backbone feature
-  with 1x1 conv, ReLU, 1x1 conv (target independent: :meth:`CodeDecoder.project`), concatenates
+  with 1x1 conv, ReLU, 1x1 conv (target independent: ``CodeDecoder(feats, None, None)``
+  returns these projections, once per frame), concatenates
   the bilinearly resized mask encoding and applies three 3x3 conv + ReLU; the deeper output
   passes a 1x1 conv + ReLU (``proj``) to the current width; ``RRB`` is
   ``relu(h + conv3(relu(BN(conv3(h)))))`` after ``h = conv1x1(x)``; ``CAB(deeper, x) = x *
@@ -22,8 +24,8 @@ Selected by the JOINT config switches ``label_encoder = "code"``, ``decoder = "c
   uses the global mean of its own reduced feature as "deeper"; the output upsampler is
   bicubic x2, 3x3 conv (64 -> 32) + ReLU, bicubic to the frame size, 3x3 conv (32 -> 1)
   (PyTorch bicubic, ``align_corners=False``, a = -0.75, clamped borders: :func:`bicubic_matrix`).
-  Its batch norms always use their running statistics (the released networks' state;
-  they are not trained by vosjax).
+  Its batch norms always use their running statistics, also in training (frozen statistics,
+  never updated; their scale and bias are ordinary parameters).
 - :func:`code_sample_weights`: the temporal weights of the learner's templates
   (``learner_sample_weights = "code"``; their tracker's ``update_sample_weights``).
 - :func:`caffe_bgr255`: the Mask R-CNN backbone's input (``image_format='bgr255'``, mean
