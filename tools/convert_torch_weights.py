@@ -6,6 +6,8 @@
         [--memory-frames 40] [--allow-missing] [--overwrite]
     python tools/convert_torch_weights.py --arch pcvos --input s03_pcvos_ytvos.pth --output DIR \
         [--clip-length 5] [--memory-frames 40] [--allow-missing] [--overwrite]
+    python tools/convert_torch_weights.py --arch joint --input joint_davis.pth.tar --output DIR \
+        [--dataset davis|ytvos] [--allow-missing] [--overwrite]
 
 ``--arch stcn`` converts the authors' released STCN checkpoint (``stcn.pth`` or
 ``stcn_s0.pth``) into a vosjax bundle that ``python -m vosjax.segment --checkpoint DIR``
@@ -16,6 +18,11 @@ cannot place, or (without ``--allow-missing``) a missing one, is an error. See
 does the same for the authors' released PCVOS checkpoint (``s03_pcvos_ytvos.pth``; STCN's
 mapping plus the local-key head and the intra-clip refinement; clips of ``--clip-length``
 frames, 5 by default as their script; see ``vosjax/models/torch_import_pcvos.py``).
+``--arch joint`` converts the authors' released JOINT network (``joint_davis.pth.tar`` /
+``joint_ytvos.pth.tar``, an ltr checkpoint: only the tensors under ``"net"`` are read, see
+``vosjax/models/torch_import_joint.py`` for how its pickled constructor object is skipped
+without running it); ``--dataset`` picks their DAVIS (template every 3 frames) or
+YouTube-VOS (every 5) settings.
 
 Reads ``.pth`` / ``.pt`` with ``torch.load(weights_only=True)`` (needs the torch extra)
 or ``.safetensors`` with NumPy (no torch), maps the keys onto
@@ -37,7 +44,7 @@ import pathlib
 import sys
 
 _SHOW = 10  # names listed per category on screen; the JSON has all of them
-NETWORKS = ("stcn", "pcvos")  # whole networks released by their authors (a vosjax bundle each)
+NETWORKS = ("stcn", "pcvos", "joint")  # whole networks released by their authors (a vosjax bundle each)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,16 +100,32 @@ def _parser() -> argparse.ArgumentParser:
         help="--arch pcvos: frames per clip L (default 5; the authors' script also runs "
         "10, 15, 25); a memory frame ends every clip, PMM every 5 frames",
     )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        choices=("davis", "ytvos"),
+        help="--arch joint: the authors' inference settings to record (default davis)",
+    )
     return p
 
 
 def _convert_network(args) -> int:
     from vosjax.errors import VosjaxError
-    from vosjax.models import torch_import_pcvos, torch_import_stcn
+    from vosjax.models import torch_import_joint, torch_import_pcvos, torch_import_stcn
 
     kwargs = {} if args.memory_frames is None else {"memory_frames": args.memory_frames}
     convert = torch_import_stcn.convert_stcn
-    if args.arch == "pcvos":
+    if args.dataset is not None and args.arch != "joint":
+        print("convert_torch_weights: error: --dataset applies to --arch joint only", file=sys.stderr)
+        return 1
+    if args.arch == "joint":
+        if args.memory_frames is not None or args.clip_length is not None:
+            print("convert_torch_weights: error: --arch joint takes --dataset, not "
+                  "--memory-frames / --clip-length", file=sys.stderr)
+            return 1
+        convert = torch_import_joint.convert_joint
+        kwargs = {"dataset": args.dataset or "davis"}
+    elif args.arch == "pcvos":
         convert = torch_import_pcvos.convert_pcvos
         if args.clip_length is not None:
             kwargs["clip_length"] = args.clip_length

@@ -87,6 +87,8 @@ class MemoryPolicy:
       name: the policy's name (a key of :data:`POLICIES`).
       write_every: write a frame when this many frames passed since the last
         written one (frames with given masks are always written).
+      first_write: after a frame with given masks, the first periodic write comes this
+        many frames later (None = ``write_every``), then every ``write_every``.
       refit_every: refit learners when this many frames passed since the last
         refit; 0 = never periodically.
       refit_on_write: also refit whenever a frame is written (JOINT).
@@ -106,6 +108,7 @@ class MemoryPolicy:
     capacity: int | None = None
     keep_first: bool = True
     late_slots: int = 0
+    first_write: int | None = None
 
     def __post_init__(self) -> None:
         def bad(field: str, want: str) -> VosjaxError:
@@ -116,6 +119,8 @@ class MemoryPolicy:
 
         if not _is_int(self.write_every) or self.write_every < 1:
             raise bad("write_every", "a positive int")
+        if self.first_write is not None and (not _is_int(self.first_write) or self.first_write < 1):
+            raise bad("first_write", "None or a positive int")
         if not _is_int(self.refit_every) or self.refit_every < 0:
             raise bad("refit_every", "an int >= 0")
         if self.capacity is not None and (not _is_int(self.capacity) or self.capacity < 1):
@@ -135,6 +140,7 @@ class MemoryPolicy:
         memory_frames: int | None = None,
         update_interval: int | None = None,
         late_slots: int | None = None,
+        first_write: int | None = None,
     ) -> MemoryPolicy:
         """This policy adjusted by inference options (None = keep the policy's value).
 
@@ -151,12 +157,14 @@ class MemoryPolicy:
                 refit_every = update_interval
         capacity = self.capacity if memory_frames is None else memory_frames
         late = self.late_slots if late_slots is None else late_slots
+        first = self.first_write if first_write is None else first_write
         return dataclasses.replace(
             self,
             write_every=write_every,
             refit_every=refit_every,
             capacity=capacity,
             late_slots=late,
+            first_write=first,
         )
 
 

@@ -103,6 +103,16 @@ ALL = list(range(T))
         (EngineConfig(max_objects=2, memory_policy="first_last"), None, set(ALL), {0, 7}, ALL, 2),
         # JOINT: a template every 5 frames, the learner refits when one is added.
         (EngineConfig(max_objects=2, memory_policy="joint"), None, {0, 5, 7}, {0, 5, 7}, ALL, 3),
+        # JOINT's tracker (DAVIS): mem_every 3, the first periodic write 1 frame after a given
+        # frame (frames 1, 4, 7, ...; again 1 after the late object's frame 7).
+        (
+            EngineConfig(max_objects=2, memory_policy="joint", mem_every=3, first_write=1),
+            None,
+            {0, 1, 4, 7, 8, 11},
+            {0, 1, 4, 7, 8, 11},
+            ALL,
+            3,
+        ),
         # FRTM: a sample every frame, refit every t_s frames (t_s from the model config).
         (
             EngineConfig(max_objects=2, memory_policy="auto"),
@@ -123,7 +133,7 @@ ALL = list(range(T))
             3,
         ),
     ],
-    ids=["every_k", "first_last", "joint", "frtm", "per_clip"],
+    ids=["every_k", "first_last", "joint", "joint_first_write", "frtm", "per_clip"],
 )
 def test_engine_passes_the_schedule_to_the_model(
     tk, toy_variables, config, model_config, writes, refits, clip_ends, capacity

@@ -59,6 +59,9 @@ class EngineConfig:
       memory_policy: one of :data:`MEMORY_POLICIES` (module docstring).
       mem_every: write period in frames (None = the policy's default; in
         per-clip mode a multiple of ``clip_length``, default ``clip_length``).
+      first_write: frames from a frame with given masks to the first periodic write
+        after it (None = ``mem_every``); JOINT's tracker stores frames 1, 4, 7, ...
+        (``mem_every = 3``, ``first_write = 1``).
       refit_every: learner refit period in frames (None = the policy's
         default; 0 = only on written frames for ``joint``, never for others).
       memory_frames: memory capacity in frames (None = 2 for ``first_last``,
@@ -103,6 +106,7 @@ class EngineConfig:
     top_k: int | None = 20
     memory_policy: str = "auto"
     mem_every: int | None = None
+    first_write: int | None = None
     refit_every: int | None = None
     memory_frames: int | None = None
     late_slots: int | None = None
@@ -131,7 +135,8 @@ class EngineConfig:
             if not _is_int(v) or v < (0 if name == "correction_iters" else 1):
                 raise bad(name, "a positive int" if name != "correction_iters" else "an int >= 0")
         for name in (
-            "segment_len", "top_k", "mem_every", "memory_frames", "resolution", "pad_to"
+            "segment_len", "top_k", "mem_every", "first_write", "memory_frames", "resolution",
+            "pad_to",
         ):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):

@@ -15,7 +15,9 @@ the schedules of the papers:
 
 - write frame ``t`` iff ``t % k == 0`` per-frame (STCN every 5th frame, JOINT
   a template every T = 5 frames), every frame for TrickVOS's first + last
-  memory and FRTM's sample memory, the last frame of every clip (PCVOS);
+  memory and FRTM's sample memory, the last frame of every clip (PCVOS); with
+  ``first_write = f`` iff ``t >= f`` and ``(t - f) % k == 0`` (JOINT's tracker: frames
+  1, 4, 7, ... for k = 3, f = 1; :func:`write_reset`);
 - refit (learners) iff ``t % t_s == 0`` for FRTM (t_s = 8), whenever a
   template is written for JOINT;
 - gradient correction of frame ``t`` iff ``t % K == 0`` and ``t > 0``.
@@ -41,6 +43,7 @@ __all__ = [
     "refit_mask",
     "resolve_policy",
     "write_mask",
+    "write_reset",
 ]
 
 
@@ -75,6 +78,7 @@ def resolve_policy(config: EngineConfig, model_config: Any = None) -> MemoryPoli
         memory_frames=config.memory_frames,
         late_slots=config.late_slots,
         update_interval=_model_field(model_config, "update_interval"),
+        first_write=config.first_write,
     )
 
 
@@ -87,6 +91,13 @@ def write_mask(
     the frames of this step up to the candidate frame.
     """
     return (since_write >= policy.write_every) | given
+
+
+def write_reset(policy: MemoryPolicy, given: Bool[Array, " B"]) -> Int[Array, " B"]:
+    """``since_write`` after a written frame: 0, or ``write_every - first_write`` where masks
+    were given, so that the next periodic write comes ``first_write`` frames later."""
+    first = policy.write_every if policy.first_write is None else policy.first_write
+    return jnp.where(given, policy.write_every - first, 0).astype(jnp.int32)
 
 
 def refit_mask(

@@ -24,7 +24,7 @@ from jaxtyping import Array, Bool, Float, Int, UInt8
 from vosjax.data.normalize import normalize_frames
 from vosjax.inference.config import EngineConfig
 from vosjax.inference.cycle import correct_masks
-from vosjax.inference.policies import correction_mask, refit_mask, write_mask
+from vosjax.inference.policies import correction_mask, refit_mask, write_mask, write_reset
 from vosjax.inference.state import CorrectionRefs, EngineState
 from vosjax.memory_policy import MemoryPolicy
 from vosjax.models.base import SegmentOptions, Variables, VOSModel
@@ -378,7 +378,7 @@ def write(
         memory=memory,
         obj_valid=jnp.where(clip.has_frames[:, None], obj_after, state.obj_valid),
         frame_count=state.frame_count + clip.n_valid,
-        since_write=jnp.where(write, 0, since_write),
+        since_write=jnp.where(write, write_reset(policy, given.any_obj), since_write),
         since_refit=jnp.where(refit, 0, since_refit),
         box=box_state,
         refs=update_refs(state.refs, x_last, given),

@@ -196,13 +196,15 @@ class Bottleneck(nn.Module):
     """ResNet-50/101 block (torchvision v1.5: the stride sits on the 3x3 conv).
 
     relu(bn3(conv3_1x1(relu(bn2(conv2_3x3_s(relu(bn1(conv1_1x1(x))))))) + shortcut(x)),
-    width ``planes`` inside, ``4 * planes`` out.
+    width ``planes`` inside, ``4 * planes`` out. ``stride_in_1x1=True`` moves the stride
+    to conv1 (the original / Caffe / Detectron ResNet "v1", e.g. JOINT's Mask R-CNN backbone).
     """
 
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
     conv_bias: bool = False
+    stride_in_1x1: bool = False
     expansion = 4
 
     @nn.compact
@@ -210,9 +212,10 @@ class Bottleneck(nn.Module):
         self, x: Float[Array, "B H W Ci"], use_running_average: bool
     ) -> Float[Array, "B h w Co"]:
         out, cb = self.planes * self.expansion, self.conv_bias
-        y = _conv(self.planes, 1, 1, self.dtype, "conv1", cb)(x)
+        s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+        y = _conv(self.planes, 1, s1, self.dtype, "conv1", cb)(x)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn1")(y))
-        y = _conv(self.planes, 3, self.stride, self.dtype, "conv2", cb)(y)
+        y = _conv(self.planes, 3, s3, self.dtype, "conv2", cb)(y)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn2")(y))
         y = _conv(out, 1, 1, self.dtype, "conv3", cb)(y)
         y = _bn(use_running_average, self.dtype, "bn3")(y)
@@ -232,17 +235,21 @@ class _ResNetStage(nn.Module):
     stride: int
     dtype: Any = jnp.float32
     conv_bias: bool = False
+    stride_in_1x1: bool = False
 
     @nn.compact
     def __call__(
         self, x: Float[Array, "B H W Ci"], use_running_average: bool
     ) -> Float[Array, "B h w Co"]:
-        cls = BasicBlock if self.block == "basic" else Bottleneck
         for i in range(self.num_blocks):
             stride = self.stride if i == 0 else 1
-            x = cls(self.planes, stride, self.dtype, self.conv_bias, name=str(i))(
-                x, use_running_average
-            )
+            if self.block == "basic":
+                blk = BasicBlock(self.planes, stride, self.dtype, self.conv_bias, name=str(i))
+            else:
+                blk = Bottleneck(
+                    self.planes, stride, self.dtype, self.conv_bias, self.stride_in_1x1, name=str(i)
+                )
+            x = blk(x, use_running_average)
         return x
 
 
@@ -279,6 +286,7 @@ class ResNet(nn.Module):
       dtype: compute dtype; parameters stay float32.
       conv_bias: every convolution carries a bias (torchvision's have none; STCN's
         value-encoder ResNet-18 has them, so its released weights need this).
+      stride_in_1x1: bottleneck stages stride on their first 1x1 conv (see :class:`Bottleneck`).
     """
 
     block: Literal["basic", "bottleneck"]
@@ -288,6 +296,7 @@ class ResNet(nn.Module):
     frozen_bn: bool = False
     dtype: Any = jnp.float32
     conv_bias: bool = False
+    stride_in_1x1: bool = False
 
     @nn.compact
     def __call__(
@@ -313,6 +322,7 @@ class ResNet(nn.Module):
                 1 if i == 0 else 2,
                 self.dtype,
                 self.conv_bias,
+                self.stride_in_1x1,
                 name=f"layer{i + 1}",
             )(x, ura)
             feats[STRIDES[i]] = x
@@ -452,6 +462,7 @@ def make_backbone(
     frozen_bn: bool = False,
     dtype: Any = jnp.float32,
     conv_bias: bool = False,
+    stride_in_1x1: bool = False,
 ) -> ResNet | MobileNetV2:
     """Build backbone ``name`` (one of :data:`BACKBONES`) in the torchvision layout.
 
@@ -467,8 +478,10 @@ def make_backbone(
             f"make_backbone: in_channels must be a positive integer, got {in_channels!r}."
         )
     if name == "mobilenet_v2":
-        if conv_bias:
-            raise VosjaxError("make_backbone: conv_bias=True is only supported for the ResNets.")
+        if conv_bias or stride_in_1x1:
+            raise VosjaxError(
+                "make_backbone: conv_bias / stride_in_1x1 are only supported for the ResNets."
+            )
         return MobileNetV2(
             in_channels=in_channels, stop_at=stop_at, frozen_bn=frozen_bn, dtype=dtype
         )
@@ -481,6 +494,7 @@ def make_backbone(
         frozen_bn=frozen_bn,
         dtype=dtype,
         conv_bias=conv_bias,
+        stride_in_1x1=stride_in_1x1,
     )
 
 

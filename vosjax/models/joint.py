@@ -41,10 +41,17 @@ per image, ``scale = sqrt(1 / (C k^2))``), for the transduction branch plain
 (conv + ReLU on both). Predicted masks are detached before they are re-encoded as
 templates in training (``joint_net.py`` ``mask_pred_prob = torch.sigmoid(mask_pred.clone().detach())``):
 ``memorize(train=True)`` applies ``lax.stop_gradient`` to its masks.
-Choices the papers leave open, made here: the label encoder is four stride-2 3x3 convs
+Choices the papers leave open, made here (``label_encoder = "paper"``, ``decoder = "frtm"``,
+the defaults): the label encoder is four stride-2 3x3 convs
 (16, 32, 64, 64 channels) over the mask, then a head per branch (3x3 conv +
 ReLU, 3x3 conv to D + ReLU) and the importance weights W from the induction
-head (3x3 conv to D + sigmoid); the learner starts from a zero kernel. The
+head (3x3 conv to D + sigmoid); the decoder is FRTM's S; the learner starts from a zero
+kernel (as in the code). The released code's label encoder (``ResidualDS16SW``: per-branch
+residual blocks after a shared conv + max pool, linear W), its decoder (LWL's
+``SegDecoder``), its Mask R-CNN backbone (stride on the 1x1 conv, BGR 0..255 input) are
+the switches ``label_encoder = "code"``, ``decoder = "code"``, ``stride_in_1x1``,
+``input_format = "caffe_bgr255"`` (:mod:`vosjax.models.joint_code`), set together by
+:func:`vosjax.models.torch_import_joint.authors_config` for the released checkpoints. The
 paper crops a search region around the target (5x its size, resized to
 832 x 480; JOINT ``ltr/data/processing.py`` ``SegProcessing`` with
 ``search_area_factor=5.0``, ``output_sz=(832, 480)``, ``crop_type='inside_major'``,
@@ -59,143 +66,31 @@ The cosine decoupling loss (eq. 8) needs both heads' encodings:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax import lax
 from jaxtyping import Array, Bool, Float
 
 from vosjax.errors import VosjaxError
 from vosjax.learners import lwl
-from vosjax.models import backbones, checks
+from vosjax.models import backbones, checks, joint_code
 from vosjax.models import frtm_common as chk
-from vosjax.models.backbone_segnet import BackboneSegnetModel, config_reader
+from vosjax.models.backbone_segnet import BackboneSegnetModel
 from vosjax.models.base import Feats, SegmentOptions, Variables
 from vosjax.models.frtm_decoder import DEPTHS, SegmentationNetwork
-from vosjax.models.joint_transformer import TAU, TransformerDecoder, TransformerEncoder
+from vosjax.models.joint_config import _Settings, _settings, default_config
+from vosjax.models.joint_transformer import TransformerDecoder, TransformerEncoder
 from vosjax.ops.aggregate import INVALID_LOGIT
 from vosjax.ops.memory import MemoryBank, bank_init, bank_insert
 from vosjax.ops.object_memory import bank_validity, object_recent
 
 __all__ = ["JOINT", "JointMemory", "LabelEncoder", "default_config"]
 
-VARIANTS = ("full",)
 _PROJ = {d: f"proj_{d}" for d in DEPTHS}
 DEFAULT_OPTIONS = SegmentOptions()
-
-
-def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.ConfigDict:
-    """The model config of JOINT (``"full"``: the paper's sizes); ``tiny=True`` gives a CPU-test
-    size (ResNet-18, narrow branches, few learner steps, 3 template slots).
-
-    Fields: backbone, dtype, train_bn, feature_dim (512), attn_dim (C/4), enc_dim (D = 16),
-    tau (1/30), label_widths, channels (decoder width, 64), learner_kernel (3),
-    learner_iters_init / learner_iters_update (inference, 20 / 3), train_learner_iters_init /
-    train_learner_iters_update (training, 5 / 2), learner_reg_init (initial reg, 0.01; lambda =
-    reg^2), induction_norm ("l2": the code's InstanceL2Norm; "relu": conv + ReLU variant),
-    memory_frames (N_max = 20; the engine's ``joint`` policy adds a template every T = 5 frames).
-    """
-    if variant not in VARIANTS:
-        raise VosjaxError(
-            f"joint.default_config: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}."
-        )
-    c = ml_collections.ConfigDict()
-    c.name = "joint"
-    c.variant = variant
-    c.backbone = "resnet50"
-    c.dtype = "float32"
-    c.train_bn = False
-    c.feature_dim = 512
-    c.attn_dim = 128
-    c.enc_dim = 16
-    c.tau = TAU
-    c.label_widths = (16, 32, 64, 64)
-    c.channels = 64
-    c.learner_kernel = 3
-    c.learner_iters_init = 20
-    c.learner_iters_update = 3
-    c.train_learner_iters_init = 5
-    c.train_learner_iters_update = 2
-    c.learner_reg_init = 0.01
-    c.induction_norm = "l2"
-    c.memory_frames = 20
-    if tiny:
-        c.backbone = "resnet18"
-        c.feature_dim = 16
-        c.attn_dim = 8
-        c.enc_dim = 4
-        c.label_widths = (4, 8, 8, 8)
-        c.channels = 8
-        c.learner_iters_init = 2
-        c.learner_iters_update = 1
-        c.train_learner_iters_init = 2
-        c.train_learner_iters_update = 1
-        c.memory_frames = 3
-    return c
-
-
-@dataclasses.dataclass(frozen=True)
-class _Settings:
-    backbone: str
-    dtype: Any
-    train_bn: bool
-    feature_dim: int
-    attn_dim: int
-    enc_dim: int
-    tau: float
-    label_widths: tuple[int, ...]
-    channels: int
-    learner_kernel: int
-    learner_iters_init: int
-    learner_iters_update: int
-    train_learner_iters_init: int
-    train_learner_iters_update: int
-    learner_reg_init: float
-    induction_norm: str
-    memory_frames: int
-
-
-def _settings(config: Any) -> _Settings:
-    fn = "JOINT"
-    get = config_reader(fn, config, default_config("full"))
-    pos = lambda k: checks.check_positive_int(fn, k, get(k))
-    kernel = pos("learner_kernel")
-    if kernel % 2 == 0:
-        raise VosjaxError(f"{fn}: config 'learner_kernel' must be odd, got {kernel}.")
-    widths = tuple(int(v) for v in get("label_widths"))
-    if len(widths) != 4 or min(widths) < 1:
-        raise VosjaxError(
-            f"{fn}: config 'label_widths' must list 4 positive widths (one per stride-2 stage), got {widths}."
-        )
-    norm = str(get("induction_norm"))
-    if norm not in ("l2", "relu"):
-        raise VosjaxError(f"{fn}: config 'induction_norm' must be 'l2' or 'relu', got {norm!r}.")
-    tau = float(get("tau"))
-    if not tau > 0:
-        raise VosjaxError(f"{fn}: config 'tau' must be positive, got {tau}.")
-    return _Settings(
-        backbone=str(get("backbone")),
-        dtype=chk.parse_dtype(fn, get("dtype")),
-        train_bn=bool(get("train_bn")),
-        feature_dim=pos("feature_dim"),
-        attn_dim=pos("attn_dim"),
-        enc_dim=pos("enc_dim"),
-        tau=tau,
-        label_widths=widths,
-        channels=pos("channels"),
-        learner_kernel=kernel,
-        learner_iters_init=pos("learner_iters_init"),
-        learner_iters_update=pos("learner_iters_update"),
-        train_learner_iters_init=pos("train_learner_iters_init"),
-        train_learner_iters_update=pos("train_learner_iters_update"),
-        learner_reg_init=float(get("learner_reg_init")),
-        induction_norm=norm,
-        memory_frames=pos("memory_frames"),
-    )
 
 
 def instance_l2_norm(x: Float[Array, "N h w C"], scale: float, eps: float = 1e-5) -> Array:
@@ -251,24 +146,40 @@ class _JointNet(nn.Module):
     def setup(self):
         s = self.s
         self.backbone = backbones.make_backbone(
-            s.backbone, stop_at="s32", frozen_bn=not s.train_bn, dtype=s.dtype
+            s.backbone,
+            stop_at="s32",
+            frozen_bn=not s.train_bn,
+            dtype=s.dtype,
+            stride_in_1x1=s.stride_in_1x1,
         )
         code = s.induction_norm == "l2"  # the code's final_conv has bias=False
         self.reduce_tra = _conv(s.feature_dim, 3, s.dtype, bias=not code)
         self.reduce_ind = _conv(s.feature_dim, 3, s.dtype, bias=not code)
         # joint_net.py: norm_scale = sqrt(1 / (out_feature_dim * filter_size^2))
         self.ind_scale = (1.0 / (s.feature_dim * s.learner_kernel**2)) ** 0.5
-        self.label_encoder = LabelEncoder(s.enc_dim, s.label_widths, s.dtype)
+        if s.label_encoder == "code":
+            self.label_encoder = joint_code.CodeLabelEncoder(s.enc_dim, s.label_widths, s.dtype)
+        else:
+            self.label_encoder = LabelEncoder(s.enc_dim, s.label_widths, s.dtype)
         self.encoder = TransformerEncoder(s.attn_dim, s.tau, s.dtype)
         self.decoder = TransformerDecoder(s.attn_dim, s.tau, s.dtype)
-        self.segnet = SegmentationNetwork(s.channels, s.dtype)
+        if s.decoder == "code":
+            self.segnet = joint_code.CodeDecoder(s.channels, s.dtype)
+        else:
+            self.segnet = SegmentationNetwork(s.channels, s.dtype)
         self.learner_reg = self.param(
             "learner_reg", nn.initializers.constant(s.learner_reg_init), (), jnp.float32
         )
 
     def encode(self, x: Float[Array, "N H W 3"], train: bool = False) -> dict[str, Array]:
+        if self.s.input_format == "caffe_bgr255":
+            x = joint_code.caffe_bgr255(x).astype(x.dtype)
         f = self.backbone(x, train=train)
-        out = {_PROJ[d]: p for d, p in self.segnet.project(f).items()}
+        if self.s.decoder == "code":
+            proj = self.segnet(f, None, None)
+        else:
+            proj = self.segnet.project(f)
+        out = {_PROJ[d]: p for d, p in proj.items()}
         if self.s.induction_norm == "l2":  # the authors' code
             out["key"] = self.reduce_tra(f["s16"])
             out["key_ind"] = instance_l2_norm(self.reduce_ind(f["s16"]), self.ind_scale)
@@ -287,6 +198,8 @@ class _JointNet(nn.Module):
         return self.decoder(x, z_enc, e_tra, valid)
 
     def decode(self, proj: dict[str, Array], enc: Array, out_hw: tuple[int, int]) -> Array:
+        if self.s.decoder == "code":
+            return self.segnet(None, enc, out_hw, proj)
         return self.segnet.decode(proj, enc, out_hw)
 
     def reg(self) -> Array:
@@ -511,8 +424,10 @@ class JOINT(BackboneSegnetModel):
         v = bank.values.reshape(b, sm, hh, ww, o, 3, d).astype(jnp.float32)
         v = jnp.moveaxis(v, 4, 1)  # [B, O, S, h, w, 3, D]
         # per object: only the templates written since its first frame (its own memory)
-        slot = jnp.moveaxis(self._template_validity(bank)[1], 2, 1)  # [B, O, S]
-        slot = slot[..., None, None, None].astype(jnp.float32)
+        slot = jnp.moveaxis(self._template_validity(bank)[1], 2, 1).astype(jnp.float32)  # [B, O, S]
+        if s.learner_sample_weights == "code":  # their tracker's temporal template weights
+            slot = slot * joint_code.code_weights_for(bank.count, sm)[:, None, :]
+        slot = slot[..., None, None, None]
         e_ind, wts = v[..., 1, :], v[..., 2, :] * slot
 
         iters_init = s.train_learner_iters_init if train else s.learner_iters_init
