@@ -57,14 +57,11 @@ search region is a crop around each target (5x its size, resized to 832 x 480;
 from __future__ import annotations
 
 import collections
-import json
 import pathlib
 import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -182,31 +179,13 @@ def torch_key(path: Sequence[str]) -> str:
     return mods + torch_import._LEAF_TO_TORCH[path[-1]]
 
 
-_EXPECTED_CACHE: dict[str, dict[str, tuple[tuple[str, ...], tuple[int, ...]]]] = {}
-
-
 def expected_variables(config: Any | None = None) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """``{their key: (our path, our shape)}`` for every variable of the converted model."""
     from vosjax.models import joint
 
-    model_config = (config or authors_config()).model
-    key = json.dumps(model_config.to_dict(), sort_keys=True, default=str)
-    if key not in _EXPECTED_CACHE:
-        model = joint.JOINT(model_config)
-        shapes = jax.eval_shape(
-            lambda: model.init(
-                jax.random.key(0),
-                jnp.zeros((1, 1, 64, 64, 3)),
-                jnp.zeros((1, 1, 1, 64, 64)),
-                jnp.ones((1, 1), bool),
-            )
-        )
-        out = {}
-        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-            names = tuple(str(p.key) for p in path)
-            out[torch_key(names)] = (names, tuple(leaf.shape))
-        _EXPECTED_CACHE[key] = out
-    return dict(_EXPECTED_CACHE[key])
+    return torch_import_stcn.variables_by_torch_key(
+        joint.JOINT, (config or authors_config()).model, torch_key, size=64
+    )
 
 
 def convert_joint_state_dict(
@@ -324,26 +303,12 @@ def convert_joint(
     seed: int = 0,
     overwrite: bool = False,
 ) -> tuple[pathlib.Path, torch_import_stcn.STCNConversionReport]:
-    """Read ``source``, convert it and write a vosjax bundle to ``output`` with
-    :func:`authors_config` (``dataset``), plus ``conversion.json`` (source, sha256, report)."""
-    from vosjax import checkpoint
-
-    src = pathlib.Path(source)
-    out = pathlib.Path(output)
-    if (out / "variables").exists() and not overwrite:
-        raise VosjaxError(f"convert_joint: {out} already holds a bundle; pass overwrite=True (--overwrite).")
+    """Read ``source`` (:func:`read_joint_checkpoint`), convert it and write a vosjax bundle
+    to ``output`` with :func:`authors_config` (``dataset``), plus ``conversion.json``
+    (:func:`vosjax.models.torch_import_stcn.export_network`)."""
     config = authors_config(dataset)
-    state_dict = read_joint_checkpoint(src)
-    variables, report = convert_joint_state_dict(
-        state_dict, config=config, allow_missing=allow_missing, seed=seed
+    return torch_import_stcn.export_network(
+        "joint", source, output, config,
+        lambda sd: convert_joint_state_dict(sd, config=config, allow_missing=allow_missing, seed=seed),
+        overwrite=overwrite, read=read_joint_checkpoint,
     )
-    bundle = checkpoint.export_bundle(out, config, variables, overwrite=True)
-    meta = {
-        "arch": "joint",
-        "source": str(src),
-        "sha256": torch_import._sha256(src),
-        "source_tensors": len(state_dict),
-        **report.to_dict(),
-    }
-    (bundle / REPORT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    return bundle, report

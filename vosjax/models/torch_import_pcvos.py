@@ -60,13 +60,10 @@ engine gives each object the same memory within one shared bank
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -175,31 +172,13 @@ def torch_key(path: Sequence[str]) -> str:
     return block + _ICR_RENAMES[path[3]] + "." + torch_import._LEAF_TO_TORCH[leaf]
 
 
-_EXPECTED_CACHE: dict[str, dict[str, tuple[tuple[str, ...], tuple[int, ...]]]] = {}
-
-
 def expected_variables(config: Any | None = None) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """``{their key: (our path, our shape)}`` for every variable of the converted model."""
     from vosjax.models import pcvos
 
-    model_config = (config or authors_config()).model
-    key = json.dumps(model_config.to_dict(), sort_keys=True, default=str)
-    if key not in _EXPECTED_CACHE:
-        model = pcvos.PCVOS(model_config)
-        shapes = jax.eval_shape(
-            lambda: model.init(
-                jax.random.key(0),
-                jnp.zeros((1, 2, 32, 32, 3)),
-                jnp.zeros((1, 1, 2, 32, 32)),
-                jnp.ones((1, 1), bool),
-            )
-        )
-        out = {}
-        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-            names = tuple(str(p.key) for p in path)
-            out[torch_key(names)] = (names, tuple(leaf.shape))
-        _EXPECTED_CACHE[key] = out
-    return dict(_EXPECTED_CACHE[key])
+    return torch_import_stcn.variables_by_torch_key(
+        pcvos.PCVOS, (config or authors_config()).model, torch_key, size=32
+    )
 
 
 def convert_pcvos_state_dict(

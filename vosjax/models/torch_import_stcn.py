@@ -199,33 +199,40 @@ def torch_key(path: Sequence[str]) -> str:
 
 def expected_variables(config: Any | None = None) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """``{their key: (our path, our shape)}`` for every variable of the converted model."""
-    model_config = (config or authors_config()).model
-    key = json.dumps(model_config.to_dict(), sort_keys=True, default=str)
-    if key not in _EXPECTED_CACHE:
-        _EXPECTED_CACHE[key] = _expected_variables(model_config)
-    return dict(_EXPECTED_CACHE[key])
+    from vosjax.models import stcn
+
+    return variables_by_torch_key(stcn.STCN, (config or authors_config()).model, torch_key)
 
 
 _EXPECTED_CACHE: dict[str, dict[str, tuple[tuple[str, ...], tuple[int, ...]]]] = {}
 
 
-def _expected_variables(model_config: Any) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
-    from vosjax.models import stcn
+def variables_by_torch_key(
+    model_cls: Any, model_config: Any, key_of: Any, size: int = 32
+) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """``{key_of(our path): (our path, our shape)}`` for every variable of ``model_cls(model_config)``.
 
-    model = stcn.STCN(model_config)
-    shapes = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0),
-            jnp.zeros((1, 2, 32, 32, 3)),
-            jnp.zeros((1, 1, 2, 32, 32)),
-            jnp.ones((1, 1), bool),
+    The shapes come from ``jax.eval_shape`` of the model's ``init`` on a 2-frame
+    ``size`` x ``size`` clip with one object (nothing is computed); results are cached
+    per model class and config.
+    """
+    key = model_cls.__name__ + json.dumps(model_config.to_dict(), sort_keys=True, default=str)
+    if key not in _EXPECTED_CACHE:
+        model = model_cls(model_config)
+        shapes = jax.eval_shape(
+            lambda: model.init(
+                jax.random.key(0),
+                jnp.zeros((1, 2, size, size, 3)),
+                jnp.zeros((1, 1, 2, size, size)),
+                jnp.ones((1, 1), bool),
+            )
         )
-    )
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-        names = tuple(str(p.key) for p in path)
-        out[torch_key(names)] = (names, tuple(leaf.shape))
-    return out
+        out = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+            names = tuple(str(p.key) for p in path)
+            out[key_of(names)] = (names, tuple(leaf.shape))
+        _EXPECTED_CACHE[key] = out
+    return dict(_EXPECTED_CACHE[key])
 
 
 def _strip_prefix(keys: Sequence[str]) -> str:
@@ -356,12 +363,13 @@ def export_network(
     convert: Any,
     *,
     overwrite: bool = False,
+    read: Any = None,
 ) -> tuple[pathlib.Path, Any]:
     """Read ``source``, convert it with ``convert(state_dict) -> (variables, report)`` and
     write a vosjax bundle of ``config`` to ``output`` (the shared tail of every ``convert_*``).
 
-    ``source`` is read with :func:`vosjax.models.torch_import.read_state_dict`
-    (``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``). The bundle also
+    ``source`` is read with ``read`` (default :func:`vosjax.models.torch_import.read_state_dict`:
+    ``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``). The bundle also
     holds :data:`REPORT_FILE`: the arch, the source file, its sha256 and the report
     (every source tensor and the variable it went to).
     """
@@ -373,7 +381,7 @@ def export_network(
         raise VosjaxError(
             f"convert_{arch}: {out} already holds a bundle; pass overwrite=True (--overwrite)."
         )
-    state_dict = torch_import.read_state_dict(src)
+    state_dict = (read or torch_import.read_state_dict)(src)
     variables, report = convert(state_dict)
     bundle = checkpoint.export_bundle(out, config, variables, overwrite=True)
     meta = {
