@@ -6,6 +6,8 @@
         [--memory-frames 40] [--allow-missing] [--overwrite]
     python tools/convert_torch_weights.py --arch pcvos --input s03_pcvos_ytvos.pth --output DIR \
         [--clip-length 5] [--memory-frames 40] [--allow-missing] [--overwrite]
+    python tools/convert_torch_weights.py --arch frtm --input rn101_ytvos.pth \
+        --backbone-weights resnet101-5d3b4d8f.pth --output DIR [--fast] [--allow-missing] [--overwrite]
 
 ``--arch stcn`` converts the authors' released STCN checkpoint (``stcn.pth`` or
 ``stcn_s0.pth``) into a vosjax bundle that ``python -m vosjax.segment --checkpoint DIR``
@@ -16,6 +18,11 @@ cannot place, or (without ``--allow-missing``) a missing one, is an error. See
 does the same for the authors' released PCVOS checkpoint (``s03_pcvos_ytvos.pth``; STCN's
 mapping plus the local-key head and the intra-clip refinement; clips of ``--clip-length``
 frames, 5 by default as their script; see ``vosjax/models/torch_import_pcvos.py``).
+``--arch frtm`` converts the authors' released FRTM networks (``rn101_*.pth``,
+``rn18_*.pth``): those files hold the segmentation network only, so the backbone
+comes from torchvision's ImageNet ResNet of the same depth (``--backbone-weights``;
+ResNet-101 or -18, chosen from the checkpoint); ``--fast`` takes their ``--fast``
+iteration counts. See ``vosjax/models/torch_import_frtm.py``.
 
 Reads ``.pth`` / ``.pt`` with ``torch.load(weights_only=True)`` (needs the torch extra)
 or ``.safetensors`` with NumPy (no torch), maps the keys onto
@@ -37,7 +44,7 @@ import pathlib
 import sys
 
 _SHOW = 10  # names listed per category on screen; the JSON has all of them
-NETWORKS = ("stcn", "pcvos")  # whole networks released by their authors (a vosjax bundle each)
+NETWORKS = ("stcn", "pcvos", "frtm")  # whole networks released by their authors (a vosjax bundle each)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,16 +100,35 @@ def _parser() -> argparse.ArgumentParser:
         help="--arch pcvos: frames per clip L (default 5; the authors' script also runs "
         "10, 15, 25); a memory frame ends every clip, PMM every 5 frames",
     )
+    p.add_argument(
+        "--backbone-weights",
+        type=pathlib.Path,
+        default=None,
+        help="--arch frtm: torchvision's ImageNet ResNet-101 / -18 state_dict (their .pth files "
+        "lack the backbone; without it the backbone is missing)",
+    )
+    p.add_argument("--fast", action="store_true", help="--arch frtm: their --fast GN / CG counts")
     return p
 
 
 def _convert_network(args) -> int:
     from vosjax.errors import VosjaxError
-    from vosjax.models import torch_import_pcvos, torch_import_stcn
+    from vosjax.models import torch_import_frtm, torch_import_pcvos, torch_import_stcn
 
     kwargs = {} if args.memory_frames is None else {"memory_frames": args.memory_frames}
     convert = torch_import_stcn.convert_stcn
-    if args.arch == "pcvos":
+    if (args.backbone_weights is not None or args.fast) and args.arch != "frtm":
+        print("convert_torch_weights: error: --backbone-weights / --fast apply to --arch frtm only",
+              file=sys.stderr)
+        return 1
+    if args.arch == "frtm":
+        if args.memory_frames is not None or args.clip_length is not None:
+            print("convert_torch_weights: error: --memory-frames / --clip-length do not apply to "
+                  "--arch frtm", file=sys.stderr)
+            return 1
+        convert = torch_import_frtm.convert_frtm
+        kwargs = {"backbone": args.backbone_weights, "fast": args.fast}
+    elif args.arch == "pcvos":
         convert = torch_import_pcvos.convert_pcvos
         if args.clip_length is not None:
             kwargs["clip_length"] = args.clip_length

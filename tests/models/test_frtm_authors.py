@@ -203,10 +203,46 @@ def test_conversion_refuses_unplaceable_and_missing_tensors():
     bad = {**ckpt, key: ckpt[key][:, :32]}
     with pytest.raises(VosjaxError, match="RRB2.layer2.bblock.3.weight: shape"):
         tif.convert_frtm_state_dict(bad, backbone)
-    with pytest.raises(VosjaxError, match="have no source tensor.*backbone"):
+    with pytest.raises(VosjaxError, match="segmentation network only.*resnet18"):
         tif.convert_frtm_state_dict(ckpt, None)
+    partial = {k: v for k, v in backbone.items() if not k.startswith("layer4.")}
+    with pytest.raises(VosjaxError, match="have no source tensor.*backbone.layer4"):
+        tif.convert_frtm_state_dict(ckpt, partial)
     missing = {k: v for k, v in ckpt.items() if k != "model.refiner.project.conv2.bias"}
     variables, report = tif.convert_frtm_state_dict(missing, backbone, allow_missing=True)
     assert report.unmatched == ["refiner.project.conv2.bias"]
     with pytest.raises(VosjaxError, match="no 'refiner.TSE.layer4.reduce.0.weight'"):
         tif.convert_frtm_state_dict(backbone, backbone)
+
+
+def test_cli_converts_with_the_backbone_file_and_refuses_without(tmp_path, capsys):
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "tools" / "convert_torch_weights.py"
+    spec = importlib.util.spec_from_file_location("convert_torch_weights", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    ckpt, backbone = _split(_seeded())
+    _write_safetensors(ckpt, tmp_path / "rn18.safetensors")
+    _write_safetensors(backbone, tmp_path / "resnet18.safetensors")
+    base = ["--arch", "frtm", "--input", str(tmp_path / "rn18.safetensors")]
+    assert cli.main(base + ["--output", str(tmp_path / "none")]) == 1
+    assert "--backbone-weights" in capsys.readouterr().err
+    assert cli.main(base + ["--output", str(tmp_path / "b"), "--fast",
+                            "--backbone-weights", str(tmp_path / "resnet18.safetensors")]) == 0
+    meta = json.loads((tmp_path / "b" / tif.REPORT_FILE).read_text())
+    assert meta["backbone"] == "resnet18" and meta["backbone_sha256"] and not meta["unmatched"]
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["model"]["num_cg_update"] == 5 and cfg["model"]["num_cg_init"] == [5, 10, 10, 10]
+
+
+def test_torch_checkpoint_converts_like_safetensors(tmp_path):
+    torch = pytest.importorskip("torch")
+    ckpt, backbone = _split(_seeded())
+    src = tmp_path / "rn18.pth"
+    torch.save({"model": {k[len("model."):]: torch.from_numpy(v) for k, v in ckpt.items()}}, src)
+    sd = tif.torch_import.read_state_dict(src)  # torch.load(weights_only=True), flattened
+    variables, report = tif.convert_frtm_state_dict(sd, backbone)
+    assert not report.unmatched
+    np.testing.assert_array_equal(variables["batch_stats"]["segnet"]["rrb2_s4"]["bb1"]["var"],
+                                  ckpt["model.refiner.RRB2.layer2.bblock.1.running_var"])

@@ -214,6 +214,12 @@ def convert_frtm_state_dict(
     :func:`vosjax.models.torch_import_stcn.place_state_dict`.
     """
     refiner, other = _refiner(checkpoint)
+    if backbone_state_dict is None and not allow_missing:
+        raise VosjaxError(
+            "convert_frtm_state_dict: the authors' FRTM files hold the segmentation network only; "
+            f"pass torchvision's ImageNet {detect_backbone(checkpoint)} state_dict as the backbone "
+            "(--backbone-weights), or allow_missing=True (--allow-missing) for a random backbone."
+        )
     merged = dict(refiner)
     fc = []
     for k, v in (backbone_state_dict or {}).items():
