@@ -52,6 +52,7 @@ LABEL_AGREEMENT = 0.995
 SCORE_RTOL = 5e-2
 SCORE_PROB_ATOL = 5e-2
 FIT_LABEL_AGREEMENT = 0.99
+LABEL_AGREEMENT_FRAMES = 0.99
 _DEPTH = {"s4": "layer2", "s8": "layer3", "s16": "layer4", "s32": "layer5"}
 
 
@@ -246,3 +247,44 @@ def test_torch_checkpoint_converts_like_safetensors(tmp_path):
     assert not report.unmatched
     np.testing.assert_array_equal(variables["batch_stats"]["segnet"]["rrb2_s4"]["bb1"]["var"],
                                   ckpt["model.refiner.RRB2.layer2.bblock.1.running_var"])
+
+
+def _authors_update_label(p):
+    """Their tracker's single-object aggregation (``Tracker.track``): the object's
+    probability after ``softmax([(1 - p) / p, p / (1 - p)])``, kept where it wins."""
+    p = jnp.clip(p, 1e-7, 1 - 1e-7)
+    a, b = p / (1 - p), (1 - p) / p
+    return jnp.where(a > b, jax.nn.sigmoid(a - b), 0.0)
+
+
+@pytest.mark.slow  # 10 frames of memorize / segment: minutes on 2 CPU cores
+def test_frames_match_the_authors_tracker(bundle, clip):
+    from vosjax.checkpoint import load_bundle
+    from vosjax.data.normalize import normalize_frames
+
+    info, frames, first = clip
+    ref = np.load(FIXTURE / "outputs.npz")
+    feat_ref = np.load(FIXTURE / "features.npz")
+    model, variables, _ = load_bundle(bundle)
+    x = normalize_frames(jnp.asarray(frames[None]))
+    feats = model.encode_key(variables, x)
+    valid = jnp.ones((1, 1), bool)
+    memory = model.init_memory(variables, 1, 1, feats["key"].shape[2:4])
+    at = lambda t: {k: v[:, t:t + 1] for k, v in feats.items()}
+    y = jnp.asarray(first == 1, jnp.float32)
+    memory = model.memorize(variables, memory, x[:, :1], y[None, None, None], valid, at(0),
+                            jnp.ones((1,), bool))
+    s = info["prob_stride"]
+    agree, dps = [], []
+    for t in range(1, info["frames"]):
+        if t == 9:
+            err = _rel(model.target_scores(memory, at(t))[0, 0, 0], feat_ref["scores_f9"])
+            print(f"frame 9 target scores (after the update at frame 8): {err:.2e}")
+        logits = model.segment(variables, memory, at(t), valid)[0, 0, 0]
+        y = _authors_update_label(jax.nn.sigmoid(logits))
+        agree.append(np.mean(np.asarray(y > 0.5) == (ref["labels"][t] > 0)))
+        dps.append(float(np.abs(np.asarray(y)[::s, ::s] - ref["probs"][t]).max()))
+        memory = model.memorize(variables, memory, x[:, t:t + 1], y[None, None, None], valid, at(t),
+                                jnp.ones((1,), bool), jnp.asarray([t % 8 == 0]))
+    print("labels agree per frame:", [f"{a:.4f}" for a in agree], "max |dP|:", [f"{d:.3f}" for d in dps])
+    assert min(agree) >= LABEL_AGREEMENT_FRAMES, agree
