@@ -131,7 +131,8 @@ def test_conversion_maps_every_tensor_and_sets_the_authors_settings(bundle):
     assert meta["backbone"] == "resnet18"
     model, variables, config = load_bundle(bundle)
     s = model.settings
-    assert (s.segnet, s.init_refit, s.label_upsample, s.memory_frames) == ("authors", True, 16, 80)
+    assert (s.segnet, s.init_refit, s.memory_rule) == ("authors", True, "authors")
+    assert (s.label_upsample, s.memory_frames) == (16, 80)
     assert s.num_cg_init == (5, 10, 10, 10, 10) and s.num_cg_update == 10
     assert (s.reg, s.precond, s.eta) == ((1e-4, 1e-2), (1e-4, 1e-2), 0.1)
     w = _seeded()["refiner.CAB.layer3.convreluconv.2.weight"]
@@ -288,3 +289,24 @@ def test_frames_match_the_authors_tracker(bundle, clip):
                                 jnp.ones((1,), bool), jnp.asarray([t % 8 == 0]))
     print("labels agree per frame:", [f"{a:.4f}" for a in agree], "max |dP|:", [f"{d:.3f}" for d in dps])
     assert min(agree) >= LABEL_AGREEMENT_FRAMES, agree
+
+
+def test_authors_memory_rule_weights_the_first_added_sample_like_their_memory():
+    from vosjax.learners import frtm as tm
+
+    k0, eta = 5, 0.1
+    mem = tm.memory_init(jnp.zeros((k0, 2, 2, 3)), jnp.zeros((k0, 4, 4)), 8)
+    fg = jnp.ones((4, 4))
+    # their Memory.update_sample_weights: no previous index -> w /= (1 - lr); w[new] = lr; normalise;
+    # later: w[new] = w[prev] / (1 - lr); normalise
+    w = np.asarray(tm.first_frame_weights(k0), np.float64).tolist() + [0.0] * 3
+    w = [v / (1 - eta) for v in w]
+    w[k0] = eta
+    w = np.asarray(w) / sum(w)
+    w[k0 + 1] = w[k0] / (1 - eta)
+    w = w / w.sum()
+    a = tm.memory_add(tm.memory_add(tm.authors_restart(mem), jnp.zeros((2, 2, 3)), fg, eta),
+                      jnp.zeros((2, 2, 3)), fg, eta)
+    np.testing.assert_allclose(a.weights, w, rtol=1e-6)
+    b = tm.memory_add(tm.memory_add(mem, jnp.zeros((2, 2, 3)), fg, eta), jnp.zeros((2, 2, 3)), fg, eta)
+    assert not np.allclose(b.weights, w, rtol=1e-3)  # vosjax's default rule differs

@@ -15,7 +15,9 @@ where ``refit`` (the engine passes it every t_s = 8 frames), refits w2 with
 w1 fixed (1 GN step, 10 CG iterations). The fast variant uses ResNet-18,
 N_GN = 4 and 5 CG iterations in updates. The paper's final model uses
 ResNet-101 (``backbone="resnet101"`` here); the variants default to ResNet-50
-("full") and ResNet-18 ("fast").
+("full") and ResNet-18 ("fast"). The authors' released networks run with
+``segnet="authors"``, ``init_refit=True``, ``memory_rule="authors"`` and
+``label_upsample=16`` (vosjax.models.torch_import_frtm.authors_config).
 
 Exact reformulation used for memory. Updates keep w1 fixed, so the sample
 memory stores the projected features ``h_k = w1 * x_k`` (96 channels per
@@ -67,6 +69,7 @@ __all__ = ["FRTM", "FRTMMemory", "default_config"]
 
 VARIANTS = ("full", "fast")
 SEGNETS = ("vosjax", "authors")
+MEMORY_RULES = ("vosjax", "authors")
 _PROJ = {d: f"proj_{d}" for d in DEPTHS}
 DEFAULT_OPTIONS = SegmentOptions()
 
@@ -84,7 +87,9 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     samples), seed (augmentation and initial target-model weights), segnet ("vosjax":
     :mod:`~vosjax.models.frtm_decoder`; "authors": the released networks' form,
     :mod:`~vosjax.models.frtm_decoder_authors`), init_refit (after the first fit, one
-    more w2-only update on the first frame's samples, as the authors' ``Discriminator.init``).
+    more w2-only update on the first frame's samples, as the authors' ``Discriminator.init``),
+    memory_rule ("vosjax"; "authors": their weight of the first sample added after the first
+    frame, and pixel weights of later samples from the thresholded label).
     """
     if variant not in VARIANTS:
         raise VosjaxError(
@@ -116,6 +121,7 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     c.seed = 0
     c.segnet = "vosjax"
     c.init_refit = False
+    c.memory_rule = "vosjax"
     if variant == "fast":
         c.backbone = "resnet18"
         c.num_gn_init = 4
@@ -154,6 +160,7 @@ class _Settings:
     seed: int
     segnet: str
     init_refit: bool
+    memory_rule: str
 
 
 def _settings(config: Any) -> _Settings:
@@ -178,6 +185,11 @@ def _settings(config: Any) -> _Settings:
     segnet = str(get("segnet"))
     if segnet not in SEGNETS:
         raise VosjaxError(f"{fn}: config 'segnet' is {segnet!r}; choose one of {', '.join(SEGNETS)}.")
+    memory_rule = str(get("memory_rule"))
+    if memory_rule not in MEMORY_RULES:
+        raise VosjaxError(
+            f"{fn}: config 'memory_rule' is {memory_rule!r}; choose one of {', '.join(MEMORY_RULES)}."
+        )
     eta = float(get("eta"))
     if not 0.0 <= eta < 1.0:
         raise VosjaxError(f"{fn}: config 'eta' must be in [0, 1), got {eta}.")
@@ -202,6 +214,7 @@ def _settings(config: Any) -> _Settings:
         seed=int(get("seed")),
         segnet=segnet,
         init_refit=bool(get("init_refit")),
+        memory_rule=memory_rule,
     )
 
 
@@ -415,6 +428,8 @@ class FRTM(BackboneSegnetModel):
         samples = _bo(lambda f, y: tm.memory_init(f, y, self.memory_frames), (0, 0))(proj, y5)
         if s.init_refit:
             target = {"w1": target["w1"], "w2": _bo(self._refit_w2, (0, 0))(target["w2"], samples)}
+        if s.memory_rule == "authors":
+            samples = tm.authors_restart(samples)
         return target, samples
 
     def _refit_w2(self, w2, mem):
@@ -422,7 +437,8 @@ class FRTM(BackboneSegnetModel):
         s = self.settings
         eye = jnp.eye(s.hidden, dtype=jnp.float32)[None, None]
         fitted = tm.update({"w1": eye, "w2": w2}, mem, num_cg=s.num_cg_update,
-                           kappa_min=s.kappa_min, **self._solver())
+                           kappa_min=s.kappa_min, binary_pixel_weights=s.memory_rule == "authors",
+                           **self._solver())
         return fitted["w2"]
 
     def _memorize_frame(self, variables, memory, frame, masks, obj_valid, x, write, refit):

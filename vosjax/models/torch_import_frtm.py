@@ -16,7 +16,9 @@ The converted model is vosjax's ``"frtm"`` with the authors' forms switched on
 (:func:`authors_config`): ``segnet="authors"`` (their S,
 :mod:`vosjax.models.frtm_decoder_authors`), ``init_refit=True`` (their
 ``Discriminator.init`` ends with a w2-only update on the first frame's samples),
-``label_upsample=16`` (their labels and pixel weights live on the image grid: the
+``memory_rule="authors"`` (the first sample added after the first frame is
+weighted as their ``Memory.update_sample_weights`` does, and the pixel weights of
+stored soft labels come from the thresholded label), ``label_upsample=16`` (their labels and pixel weights live on the image grid: the
 target scores are upsampled to the frame size; exact when H and W are multiples
 of 16, otherwise vosjax's grid is ``16 * ceil(H / 16)``). Their DAVIS settings:
 ``init_iters=(5, 10, 10, 10, 10)``, ``update_iters=(10,)`` (``--fast``:
@@ -28,9 +30,9 @@ Known differences that remain (beyond the first frame's fit): the first-frame
 augmentation (theirs: OpenCV warps of the 0..255 image, vosjax: its own JAX
 warps of the normalised frame) and the random initial target-model weights
 (theirs: PyTorch's default conv init) are drawn differently, so an engine run
-gives other target models than theirs unless both are given the same; their
-sample-memory labels of later frames are the aggregated soft probabilities
-while the pixel weights come from the thresholded mask.
+gives other target models than theirs unless both are given the same. Their
+aggregation of objects (``Tracker.track``: ``softmax(p / (1 - p))`` over the
+objects with the background ``min(1 - p)``) is not vosjax's soft aggregation.
 
 Key mapping (ours ``params|batch_stats/segnet/<module>/<leaf>`` <- theirs
 ``refiner.<module>.<torch leaf>``, per depth d / their layer L: s32/layer5,
@@ -119,6 +121,7 @@ def authors_config(backbone: str = "resnet101", fast: bool = False) -> ml_collec
     model.backbone = backbone
     model.segnet = "authors"
     model.init_refit = True
+    model.memory_rule = "authors"
     model.label_upsample = 16
     model.channels = 64
     model.memory_frames = 80
