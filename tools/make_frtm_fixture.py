@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ims, msks = tm.augment_first_frame(x0, jnp.asarray(first == 1, jnp.float32), key_aug)
     ims255 = (np.asarray(ims) * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)) * 255.0
     aug_im = torch.from_numpy(ims255.astype(np.float32)).permute(0, 3, 1, 2).contiguous()
-    aug_lb = torch.from_numpy(np.asarray(msks, np.float32))[:, None]
+    aug_lb = torch.from_numpy(np.array(msks, np.float32))[:, None]
     w0 = tm.init_params(key_w, params.disc_params.in_channels, params.disc_params.c_channels, 3)
     w1 = torch.from_numpy(np.asarray(w0["w1"]).transpose(3, 2, 0, 1).copy())
     w2 = torch.from_numpy(np.asarray(w0["w2"]).transpose(3, 2, 0, 1).copy())
