@@ -8,6 +8,8 @@
         [--clip-length 5] [--memory-frames 40] [--allow-missing] [--overwrite]
     python tools/convert_torch_weights.py --arch joint --input joint_davis.pth.tar --output DIR \
         [--dataset davis|ytvos] [--allow-missing] [--overwrite]
+    python tools/convert_torch_weights.py --arch frtm --input rn101_ytvos.pth \
+        --backbone-weights resnet101-5d3b4d8f.pth --output DIR [--fast] [--allow-missing] [--overwrite]
 
 ``--arch stcn`` converts the authors' released STCN checkpoint (``stcn.pth`` or
 ``stcn_s0.pth``) into a vosjax bundle that ``python -m vosjax.segment --checkpoint DIR``
@@ -23,6 +25,11 @@ frames, 5 by default as their script; see ``vosjax/models/torch_import_pcvos.py`
 ``vosjax/models/torch_import_joint.py`` for how its pickled constructor object is skipped
 without running it); ``--dataset`` picks their DAVIS (template every 3 frames) or
 YouTube-VOS (every 5) settings.
+``--arch frtm`` converts the authors' released FRTM networks (``rn101_*.pth``,
+``rn18_*.pth``): those files hold the segmentation network only, so the backbone
+comes from torchvision's ImageNet ResNet of the same depth (``--backbone-weights``;
+ResNet-101 or -18, chosen from the checkpoint); ``--fast`` takes their ``--fast``
+iteration counts. See ``vosjax/models/torch_import_frtm.py``.
 
 Reads ``.pth`` / ``.pt`` with ``torch.load(weights_only=True)`` (needs the torch extra)
 or ``.safetensors`` with NumPy (no torch), maps the keys onto
@@ -44,7 +51,7 @@ import pathlib
 import sys
 
 _SHOW = 10  # names listed per category on screen; the JSON has all of them
-NETWORKS = ("stcn", "pcvos", "joint")  # whole networks released by their authors (a vosjax bundle each)
+NETWORKS = ("stcn", "pcvos", "joint", "frtm")  # whole networks released by their authors (a vosjax bundle each)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,17 +113,34 @@ def _parser() -> argparse.ArgumentParser:
         choices=("davis", "ytvos"),
         help="--arch joint: the authors' inference settings to record (default davis)",
     )
+    p.add_argument(
+        "--backbone-weights",
+        type=pathlib.Path,
+        default=None,
+        help="--arch frtm: torchvision's ImageNet ResNet-101 / -18 state_dict (their .pth files "
+        "lack the backbone; without it the backbone is missing)",
+    )
+    p.add_argument("--fast", action="store_true", help="--arch frtm: their --fast GN / CG counts")
     return p
 
 
 def _convert_network(args) -> int:
     from vosjax.errors import VosjaxError
-    from vosjax.models import torch_import_joint, torch_import_pcvos, torch_import_stcn
+    from vosjax.models import (
+        torch_import_frtm,
+        torch_import_joint,
+        torch_import_pcvos,
+        torch_import_stcn,
+    )
 
     kwargs = {} if args.memory_frames is None else {"memory_frames": args.memory_frames}
     convert = torch_import_stcn.convert_stcn
     if args.dataset is not None and args.arch != "joint":
         print("convert_torch_weights: error: --dataset applies to --arch joint only", file=sys.stderr)
+        return 1
+    if (args.backbone_weights is not None or args.fast) and args.arch != "frtm":
+        print("convert_torch_weights: error: --backbone-weights / --fast apply to --arch frtm only",
+              file=sys.stderr)
         return 1
     if args.arch == "joint":
         if args.memory_frames is not None or args.clip_length is not None:
@@ -125,6 +149,13 @@ def _convert_network(args) -> int:
             return 1
         convert = torch_import_joint.convert_joint
         kwargs = {"dataset": args.dataset or "davis"}
+    elif args.arch == "frtm":
+        if args.memory_frames is not None or args.clip_length is not None:
+            print("convert_torch_weights: error: --memory-frames / --clip-length do not apply to "
+                  "--arch frtm", file=sys.stderr)
+            return 1
+        convert = torch_import_frtm.convert_frtm
+        kwargs = {"backbone": args.backbone_weights, "fast": args.fast}
     elif args.arch == "pcvos":
         convert = torch_import_pcvos.convert_pcvos
         if args.clip_length is not None:

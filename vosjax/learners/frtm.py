@@ -59,6 +59,7 @@ from vosjax.errors import VosjaxError
 from vosjax.learners._conv import conv_same
 from vosjax.learners.frtm_samples import (
     CAPACITY,
+    authors_restart,
     ETA,
     FG_ROTATION,
     FG_SCALE,
@@ -91,6 +92,7 @@ __all__ = [
     "UPDATE_INTERVAL",
     "SampleMemory",
     "apply",
+    "authors_restart",
     "augment_first_frame",
     "bilinear_matrix",
     "fit",
@@ -473,6 +475,7 @@ def fit(
     projected: bool = False,
     data_scale: float = 1.0,
     return_losses: bool = False,
+    binary_pixel_weights: bool = False,
 ) -> Params | tuple[Params, Float[Array, " steps"]]:
     """Minimise eq. 2 over the target-model weights with Gauss-Newton + CG (eq. 3).
 
@@ -489,6 +492,8 @@ def fit(
       projected: the features are ``w1 * x`` (:func:`project`); only w2 is fitted.
       data_scale: ``c`` of the data term (see the module docstring).
       return_losses: also return L_D (eq. 2) before each GN step and at the end.
+      binary_pixel_weights: compute the pixel weights from ``labels > 0.5`` (the authors'
+        ``Discriminator.update`` does so for the soft labels it stores).
     """
     fn = "frtm.fit"
     _check_samples(fn, params, features, labels, sample_weights, projected)
@@ -503,7 +508,7 @@ def fit(
     precond = DEFAULT_PRECOND if precond is None else precond
     if not isinstance(precond, Mapping) or set(precond) != {"w1", "w2"}:
         raise VosjaxError(f"{fn}: 'precond' must map 'w1' and 'w2' to M > 0, got {precond!r}.")
-    pix_w = pixel_weights(labels, kappa_min)
+    pix_w = pixel_weights((labels > 0.5).astype(labels.dtype) if binary_pixel_weights else labels, kappa_min)
     res = _residual_fn(features, labels, sample_weights, pix_w, reg, projected, data_scale)
     out = gauss_newton_cg(
         res, params, num_gn, num_cg, trainable=trainable, return_losses=return_losses,
@@ -557,6 +562,7 @@ def update(
     projected: bool = False,
     data_scale: float = 1.0,
     return_losses: bool = False,
+    binary_pixel_weights: bool = False,
 ):
     """Periodic update (sec. 3.4-3.5): refit w2 only (w1 frozen) on the whole sample memory.
 
@@ -580,4 +586,5 @@ def update(
         projected=projected,
         data_scale=data_scale,
         return_losses=return_losses,
+        binary_pixel_weights=binary_pixel_weights,
     )

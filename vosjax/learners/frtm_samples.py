@@ -127,6 +127,12 @@ def memory_init(
     )
 
 
+def authors_restart(memory: SampleMemory) -> SampleMemory:
+    """Mark ``memory`` (from :func:`memory_init`) so that the next :func:`memory_add` weights
+    its sample as the authors' code does right after the first frame (``last = -1``)."""
+    return memory._replace(last=jnp.full_like(memory.last, -1))
+
+
 def memory_add(
     memory: SampleMemory,
     features: Float[Array, "h w C"],
@@ -135,6 +141,11 @@ def memory_add(
     min_pixels: float = MIN_TARGET_PIXELS,
 ) -> SampleMemory:
     """Insert one sample (sec. 3.4): weight growth, eviction of the lowest weight, normalisation.
+
+    A memory whose ``last`` is negative (:func:`authors_restart`) takes the authors'
+    first insertion after their ``Memory.initialize`` (``update_sample_weights`` with
+    no previous index): every weight is divided by ``1 - eta`` and the new sample gets
+    ``eta``, before the normalisation.
 
     A label with fewer than ``min_pixels`` (10) pixels above 0.5 is not added
     (the memory is returned unchanged, as the authors' ``Discriminator.update`` skips it).
@@ -159,8 +170,11 @@ def memory_add(
     capacity = memory.weights.shape[0]
     full = memory.count >= capacity
     slot = jnp.where(full, jnp.argmin(memory.weights), memory.count).astype(jnp.int32)
-    new_w = jnp.where(memory.count > 0, memory.weights[memory.last] / (1.0 - eta), 1.0)
-    weights = memory.weights.at[slot].set(new_w)
+    restart = memory.last < 0
+    new_w = jnp.where(memory.count > 0, memory.weights[jnp.maximum(memory.last, 0)] / (1.0 - eta), 1.0)
+    new_w = jnp.where(restart, eta, new_w)
+    weights = jnp.where(restart, memory.weights / (1.0 - eta), memory.weights)
+    weights = weights.at[slot].set(new_w)
     weights = weights / jnp.sum(weights)
     new = SampleMemory(
         features=lax.dynamic_update_index_in_dim(

@@ -15,7 +15,9 @@ where ``refit`` (the engine passes it every t_s = 8 frames), refits w2 with
 w1 fixed (1 GN step, 10 CG iterations). The fast variant uses ResNet-18,
 N_GN = 4 and 5 CG iterations in updates. The paper's final model uses
 ResNet-101 (``backbone="resnet101"`` here); the variants default to ResNet-50
-("full") and ResNet-18 ("fast").
+("full") and ResNet-18 ("fast"). The authors' released networks run with
+``segnet="authors"``, ``init_refit=True``, ``memory_rule="authors"`` and
+``label_upsample=16`` (vosjax.models.torch_import_frtm.authors_config).
 
 Exact reformulation used for memory. Updates keep w1 fixed, so the sample
 memory stores the projected features ``h_k = w1 * x_k`` (96 channels per
@@ -60,11 +62,14 @@ from vosjax.models import frtm_common as chk
 from vosjax.models.backbone_segnet import BackboneSegnetModel, config_reader
 from vosjax.models.base import Feats, SegmentOptions, Variables
 from vosjax.models.frtm_decoder import DEPTHS, SegmentationNetwork
+from vosjax.models.frtm_decoder_authors import AuthorsSegmentationNetwork
 from vosjax.ops.aggregate import INVALID_LOGIT
 
 __all__ = ["FRTM", "FRTMMemory", "default_config"]
 
 VARIANTS = ("full", "fast")
+SEGNETS = ("vosjax", "authors")
+MEMORY_RULES = ("vosjax", "authors")
 _PROJ = {d: f"proj_{d}" for d in DEPTHS}
 DEFAULT_OPTIONS = SegmentOptions()
 
@@ -79,7 +84,12 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     (t_s, read by the engine), memory_frames (K_max), eta, kappa_min, reg_w1 / reg_w2
     (residual factors of the regulariser, frtm-vos evaluate.py filter_reg), precond_w1 /
     precond_w2 (diagonal CG preconditioner, evaluate.py precond), label_upsample (label grid / feature grid), augment (5 first-frame
-    samples), seed (augmentation and initial target-model weights).
+    samples), seed (augmentation and initial target-model weights), segnet ("vosjax":
+    :mod:`~vosjax.models.frtm_decoder`; "authors": the released networks' form,
+    :mod:`~vosjax.models.frtm_decoder_authors`), init_refit (after the first fit, one
+    more w2-only update on the first frame's samples, as the authors' ``Discriminator.init``),
+    memory_rule ("vosjax"; "authors": their weight of the first sample added after the first
+    frame, and pixel weights of later samples from the thresholded label).
     """
     if variant not in VARIANTS:
         raise VosjaxError(
@@ -109,6 +119,9 @@ def default_config(variant: str = "full", tiny: bool = False) -> ml_collections.
     c.label_upsample = 4
     c.augment = True
     c.seed = 0
+    c.segnet = "vosjax"
+    c.init_refit = False
+    c.memory_rule = "vosjax"
     if variant == "fast":
         c.backbone = "resnet18"
         c.num_gn_init = 4
@@ -145,6 +158,9 @@ class _Settings:
     label_upsample: int
     augment: bool
     seed: int
+    segnet: str
+    init_refit: bool
+    memory_rule: str
 
 
 def _settings(config: Any) -> _Settings:
@@ -165,6 +181,14 @@ def _settings(config: Any) -> _Settings:
         raise VosjaxError(
             f"{fn}: config 'memory_frames' = {get('memory_frames')} cannot hold the 5 augmented "
             "first-frame samples; use >= 5 or augment=False."
+        )
+    segnet = str(get("segnet"))
+    if segnet not in SEGNETS:
+        raise VosjaxError(f"{fn}: config 'segnet' is {segnet!r}; choose one of {', '.join(SEGNETS)}.")
+    memory_rule = str(get("memory_rule"))
+    if memory_rule not in MEMORY_RULES:
+        raise VosjaxError(
+            f"{fn}: config 'memory_rule' is {memory_rule!r}; choose one of {', '.join(MEMORY_RULES)}."
         )
     eta = float(get("eta"))
     if not 0.0 <= eta < 1.0:
@@ -188,6 +212,9 @@ def _settings(config: Any) -> _Settings:
         label_upsample=checks.check_positive_int(fn, "label_upsample", get("label_upsample")),
         augment=bool(get("augment")),
         seed=int(get("seed")),
+        segnet=segnet,
+        init_refit=bool(get("init_refit")),
+        memory_rule=memory_rule,
     )
 
 
@@ -199,13 +226,15 @@ class _FRTMNet(nn.Module):
     freeze_backbone: bool
     channels: int
     dtype: Any
+    segnet_form: str = "vosjax"
 
     def setup(self):
         frozen = self.freeze_backbone or not self.train_bn
         self.backbone = backbones.make_backbone(
             self.backbone_name, stop_at="s32", frozen_bn=frozen, dtype=self.dtype
         )
-        self.segnet = SegmentationNetwork(self.channels, self.dtype)
+        segnet = AuthorsSegmentationNetwork if self.segnet_form == "authors" else SegmentationNetwork
+        self.segnet = segnet(self.channels, self.dtype)
 
     def features(self, x: Float[Array, "N H W 3"], train: bool = False) -> dict[str, Array]:
         f = self.backbone(x, train=train)
@@ -267,7 +296,7 @@ class FRTM(BackboneSegnetModel):
         super().__init__(config)
         self.settings = _settings(config)
         s = self.settings
-        self.net = _FRTMNet(s.backbone, s.train_bn, s.freeze_backbone, s.channels, s.dtype)
+        self.net = _FRTMNet(s.backbone, s.train_bn, s.freeze_backbone, s.channels, s.dtype, s.segnet)
         self.feature_channels = backbones.feature_channels(s.backbone)["s16"]
         self.bn_trains = s.train_bn and not s.freeze_backbone
         self.bn_method = _FRTMNet.features
@@ -397,7 +426,20 @@ class FRTM(BackboneSegnetModel):
             target = _bo(fit_one, (None, 0))(x5, y5)
             proj = jnp.einsum("bnhwc,boce->bonhwe", x5, target["w1"][:, :, 0, 0])
         samples = _bo(lambda f, y: tm.memory_init(f, y, self.memory_frames), (0, 0))(proj, y5)
+        if s.init_refit:
+            target = {"w1": target["w1"], "w2": _bo(self._refit_w2, (0, 0))(target["w2"], samples)}
+        if s.memory_rule == "authors":
+            samples = tm.authors_restart(samples)
         return target, samples
+
+    def _refit_w2(self, w2, mem):
+        """w2 refitted with w1 fixed (1 GN step) on a memory of projected samples."""
+        s = self.settings
+        eye = jnp.eye(s.hidden, dtype=jnp.float32)[None, None]
+        fitted = tm.update({"w1": eye, "w2": w2}, mem, num_cg=s.num_cg_update,
+                           kappa_min=s.kappa_min, binary_pixel_weights=s.memory_rule == "authors",
+                           **self._solver())
+        return fitted["w2"]
 
     def _memorize_frame(self, variables, memory, frame, masks, obj_valid, x, write, refit):
         s = self.settings
@@ -425,21 +467,9 @@ class FRTM(BackboneSegnetModel):
 
         # update w2 with w1 fixed (line 9), on the projected samples
         do_refit = refit[:, None] & ready
-        eye = jnp.eye(s.hidden, dtype=jnp.float32)[None, None]
-
-        def update_one(w2, mem):
-            fitted = tm.update(
-                {"w1": eye, "w2": w2},
-                mem,
-                num_cg=s.num_cg_update,
-                kappa_min=s.kappa_min,
-                **self._solver(),
-            )
-            return fitted["w2"]
-
         w2 = lax.cond(
             jnp.any(do_refit),
-            lambda: _bo(update_one, (0, 0))(target["w2"], samples),
+            lambda: _bo(self._refit_w2, (0, 0))(target["w2"], samples),
             lambda: target["w2"],
         )
         target = {"w1": target["w1"], "w2": chk.select_rows(do_refit, w2, target["w2"])}

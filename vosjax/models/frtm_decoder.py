@@ -22,7 +22,11 @@ The projections ``p^d`` do not depend on the target, so callers compute them
 once per frame (:meth:`SegmentationNetwork.project`) and share them by all
 objects; only :meth:`SegmentationNetwork.decode` runs per object. The papers
 fix C = 64 and the block structure; the widths of the two output convs
-(C/2, then 1) and the exact CAB form are vosjax's reading of FRTM Fig. 3.
+(C/2, then 1) and the exact CAB form are vosjax's reading of FRTM Fig. 3. The
+authors' released networks differ in every block (two-conv projections, TSE
+widths C+1, residual blocks with a 1x1 entry conv and batch norm, CAB on pooled
+deeper features, bicubic upsampling head): that form is
+:mod:`vosjax.models.frtm_decoder_authors` (FRTM config ``segnet="authors"``).
 
 Arrays are NHWC; ``dtype`` is the compute dtype (parameters float32); logits
 come out float32.
