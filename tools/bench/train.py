@@ -50,8 +50,13 @@ def _fake_batch(data_cfg, batch: int, seed: int = 0) -> dict:
 
 
 def bench_config(spec: str, batch: int, repeats: int, data: bool, overrides: tuple = ()) -> dict:
-    """Time the last stage's train step of ``spec`` (``overrides``: ``--config.x=y`` flags)."""
-    config = build_config(f"configs/{spec}" if "/" not in spec else spec, list(overrides))
+    """Time the last stage's train step of ``spec`` (``overrides``: ``--config.x=y`` flags).
+
+    The weights are random (``init.from_scratch``): full configs would otherwise ask
+    for their ImageNet encoder files, which timing does not need.
+    """
+    config = build_config(f"configs/{spec}" if "/" not in spec else spec,
+                          ["--config.init.from_scratch=True", *overrides])
     name, stage = stage_list(config)[-1]
     steps = max(int(stage.steps), 10)
     data_cfg = data_pipeline_config(stage, steps)
