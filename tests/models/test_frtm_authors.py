@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from vosjax.models import torch_import_frtm as tif
 from vosjax.models import torch_import_stcn as tis
@@ -59,20 +59,6 @@ _DEPTH = {"s4": "layer2", "s8": "layer3", "s16": "layer4", "s32": "layer5"}
 
 def _json(name):
     return json.loads((FIXTURE / name).read_text())
-
-
-def _write_safetensors(tensors: dict[str, np.ndarray], path: pathlib.Path) -> None:
-    """The safetensors layout: u64 header length, JSON header, raw little-endian bytes."""
-    codes = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
-    header, blobs, offset = {}, [], 0
-    for name, a in tensors.items():
-        b = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def _seeded() -> dict[str, np.ndarray]:
@@ -113,8 +99,8 @@ def clip():
 def bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("frtm_authors")
     ckpt, backbone = _split(_seeded())
-    _write_safetensors(ckpt, tmp / "rn18_seeded.safetensors")
-    _write_safetensors(backbone, tmp / "resnet18.safetensors")
+    save_file(ckpt, tmp / "rn18_seeded.safetensors")
+    save_file(backbone, tmp / "resnet18.safetensors")
     out, report = tif.convert_frtm(tmp / "rn18_seeded.safetensors", tmp / "bundle",
                                    backbone=tmp / "resnet18.safetensors")
     assert not report.unmatched and not report.unused
@@ -226,8 +212,8 @@ def test_cli_converts_with_the_backbone_file_and_refuses_without(tmp_path, capsy
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     ckpt, backbone = _split(_seeded())
-    _write_safetensors(ckpt, tmp_path / "rn18.safetensors")
-    _write_safetensors(backbone, tmp_path / "resnet18.safetensors")
+    save_file(ckpt, tmp_path / "rn18.safetensors")
+    save_file(backbone, tmp_path / "resnet18.safetensors")
     base = ["--arch", "frtm", "--input", str(tmp_path / "rn18.safetensors")]
     assert cli.main(base + ["--output", str(tmp_path / "none")]) == 1
     assert "--backbone-weights" in capsys.readouterr().err

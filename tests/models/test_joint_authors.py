@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-import struct
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from vosjax.models import torch_import_joint as tij
 
@@ -36,20 +36,6 @@ PROB_ATOL = 1e-3
 
 def _json(name):
     return json.loads((FIXTURE / name).read_text())
-
-
-def _write_safetensors(tensors: dict[str, np.ndarray], path: pathlib.Path) -> None:
-    """The safetensors layout: u64 header length, JSON header, raw little-endian bytes."""
-    codes = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
-    header, blobs, offset = {}, [], 0
-    for name, a in tensors.items():
-        b = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def _seeded() -> dict[str, np.ndarray]:
@@ -84,7 +70,7 @@ class NetConstructor:
 def bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("joint_authors")
     src = tmp / "joint.safetensors"
-    _write_safetensors(_seeded(), src)
+    save_file(_seeded(), src)
     out, report = tij.convert_joint(src, tmp / "bundle")
     assert not report.unmatched and not report.unused
     return out
